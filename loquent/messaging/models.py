@@ -1,0 +1,58 @@
+"""Messages. The enrichment job's state lives on the row itself (body_* columns), written in
+the same transaction as the message, so no queued work can be lost to a crash."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from loquent.db import Base, UtcDateTime, utcnow
+
+
+class Message(Base):
+    __tablename__ = "message"
+    __table_args__ = (
+        # Exactly one row per Twilio SID per organization: the arbiter of every race.
+        UniqueConstraint("organization_id", "external_id"),
+        Index("ix_message_feed", "organization_id", "contact_id", "created_at"),
+        Index("ix_message_body_due", "body_state", "body_next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contact.id", ondelete="CASCADE"))
+    phone_number_id: Mapped[int | None] = mapped_column(
+        ForeignKey("phone_number.id", ondelete="SET NULL")
+    )
+    channel: Mapped[str] = mapped_column(String(16), default="sms")
+    direction: Mapped[str] = mapped_column(String(16))  # inbound | outbound
+    from_address: Mapped[str] = mapped_column(String(64))
+    to_address: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(16))  # loquent | external | import
+    external_id: Mapped[str | None] = mapped_column(String(34))
+    num_media: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+    # Body enrichment: pending | ready | empty | failed, and the job bookkeeping.
+    body_state: Mapped[str] = mapped_column(String(16), default="ready")
+    body_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    body_next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    body_locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    body_error: Mapped[str | None] = mapped_column(Text)
+
+
+class MessageMedia(Base):
+    __tablename__ = "message_media"
+    __table_args__ = (UniqueConstraint("message_id", "media_sid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"), index=True)
+    media_sid: Mapped[str] = mapped_column(String(34))
+    content_type: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

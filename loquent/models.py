@@ -1,0 +1,20 @@
+"""Import every model so metadata (Alembic, tests) sees the whole schema."""
+
+from loquent.contacts.models import Contact, ContactPhone
+from loquent.messaging.models import Message, MessageMedia
+from loquent.orgs.models import ApiToken, Member, Organization, PhoneNumber, User, UserSession
+from loquent.realtime.models import EventLogEntry
+
+__all__ = [
+    "ApiToken",
+    "Contact",
+    "ContactPhone",
+    "EventLogEntry",
+    "Member",
+    "Message",
+    "MessageMedia",
+    "Organization",
+    "PhoneNumber",
+    "User",
+    "UserSession",
+]
