@@ -40,6 +40,7 @@ class Settings(BaseSettings):
 
     # Realtime
     sse_ping_seconds: float = 15.0
+    sse_poll_seconds: float = 5.0  # re-check even without a wake-up
     sse_max_stream_seconds: float = 300.0
     sse_replay_limit: int = 1000
     event_log_retention_hours: float = 24.0

@@ -34,5 +34,6 @@ class ContactPhone(Base):
     contact_id: Mapped[int] = mapped_column(
         ForeignKey("contact.id", ondelete="CASCADE"), index=True
     )
-    number: Mapped[str] = mapped_column(String(20))
+    # E.164 where the address is a phone number; an alphanumeric sender id otherwise.
+    number: Mapped[str] = mapped_column(String(64))
     is_preferred: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -1,0 +1,258 @@
+"""The ``loquent`` command line: serve, worker, migrate, demo, org/number/user/token, simulate.
+
+Every management command prints JSON with ``--json`` so scripts and tests can rely on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import typer
+
+from loquent.config import get_settings
+
+app = typer.Typer(help="Loquent — an SMS inbox for your own Twilio account.", no_args_is_help=True)
+org_app = typer.Typer(help="Organizations.", no_args_is_help=True)
+number_app = typer.Typer(help="An organization's own phone lines.", no_args_is_help=True)
+user_app = typer.Typer(help="Users who log in to the inbox.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for scripts.", no_args_is_help=True)
+app.add_typer(org_app, name="org")
+app.add_typer(number_app, name="number")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+
+T = TypeVar("T")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _emit(result: dict[str, Any], as_json: bool, human: str) -> None:
+    typer.echo(json.dumps(result) if as_json else human)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _with_session(work: Callable[[Any, Any], Awaitable[T]]) -> T:
+    """Run ``work(session, ctx)`` in one committed transaction on the configured database."""
+    from loquent.context import AppContext
+
+    async def main() -> T:
+        ctx = AppContext.from_settings(get_settings())
+        try:
+            async with ctx.db.session() as session:
+                result = await work(session, ctx)
+                await session.commit()
+                return result
+        finally:
+            await ctx.close()
+
+    return asyncio.run(main())
+
+
+@app.command()
+def migrate(revision: str = typer.Argument("head")) -> None:
+    """Upgrade the database schema (to the newest revision by default)."""
+    from loquent.migrate import upgrade
+
+    upgrade(get_settings().database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    workers: int = typer.Option(1, help="Web processes. Use Redis to fan out events across them."),
+) -> None:
+    """Start the web server (and, by default, the in-process job worker)."""
+    import uvicorn
+
+    settings = get_settings()
+    if workers > 1 and not settings.redis_url:
+        typer.echo(
+            "warning: several processes without LOQUENT_REDIS_URL: live updates between "
+            "processes fall back to polling", err=True,
+        )
+    uvicorn.run(
+        "loquent.app:create_app", factory=True, host=host, port=port, workers=workers,
+        timeout_graceful_shutdown=5, proxy_headers=True, log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run the background job worker on its own (production: as many as needed)."""
+    from loquent.context import AppContext
+    from loquent.jobs.worker import Worker
+    from loquent.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+
+    async def main() -> None:
+        ctx = AppContext.from_settings(settings)
+        await ctx.start()
+        try:
+            await Worker(ctx).run_forever()
+        finally:
+            await ctx.close()
+
+    asyncio.run(main())
+
+
+# --- organizations --------------------------------------------------------------------------
+
+
+@org_app.command("create")
+def org_create(
+    name: str = typer.Option(..., "--name"),
+    twilio_account_sid: str = typer.Option(None, "--twilio-account-sid"),
+    twilio_auth_token: str = typer.Option(
+        None, "--twilio-auth-token", help="Prefer LOQUENT_TWILIO_AUTH_TOKEN: argv is visible."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create an organization, optionally connected to a Twilio account."""
+    import os
+    import re
+
+    from loquent.orgs import service
+
+    token = twilio_auth_token or os.environ.get("LOQUENT_TWILIO_AUTH_TOKEN")
+    if not name.strip():
+        _fail("--name must not be empty")
+    if twilio_account_sid and not re.fullmatch(r"AC[0-9a-fA-F]{32}", twilio_account_sid):
+        _fail("--twilio-account-sid must look like AC followed by 32 hex characters")
+    if bool(twilio_account_sid) != bool(token):
+        _fail("give both --twilio-account-sid and an auth token, or neither")
+
+    async def work(session: Any, ctx: Any) -> int:
+        if twilio_account_sid and await service.find_org_by_account_sid(session, twilio_account_sid):
+            _fail("that Twilio account is already connected to another organization")
+        org = await service.create_organization(
+            session, ctx.box, name=name.strip(),
+            twilio_account_sid=twilio_account_sid, twilio_auth_token=token,
+        )
+        return org.id
+
+    org_id = _with_session(work)
+    _emit({"id": org_id}, as_json, f"organization {org_id} created")
+
+
+@number_app.command("add")
+def number_add(
+    number: str = typer.Argument(..., help="E.164, e.g. +14155550100"),
+    org: int = typer.Option(..., "--org"),
+    friendly_name: str = typer.Option("", "--friendly-name"),
+    twilio_sid: str = typer.Option(None, "--twilio-sid"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register one of the organization's own lines."""
+    from loquent.contacts.phones import InvalidPhoneNumber, normalize_e164
+    from loquent.orgs import service
+    from loquent.orgs.models import Organization
+
+    try:
+        e164 = normalize_e164(number)
+    except InvalidPhoneNumber as exc:
+        _fail(str(exc))
+        return
+
+    async def work(session: Any, ctx: Any) -> int:
+        if await session.get(Organization, org) is None:
+            _fail(f"no organization {org}")
+        line = await service.add_phone_number(
+            session, org, e164, twilio_sid=twilio_sid, friendly_name=friendly_name
+        )
+        return line.id
+
+    line_id = _with_session(work)
+    _emit({"id": line_id, "number": e164}, as_json, f"line {e164} added ({line_id})")
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        _fail("the password must have at least 8 characters")
+    return password
+
+
+@user_app.command("create")
+def user_create(
+    org: int = typer.Option(..., "--org"),
+    email: str = typer.Option(..., "--email"),
+    role: str = typer.Option("owner", "--role", help="owner | member"),
+    password_stdin: bool = typer.Option(False, "--password-stdin"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a user who can log in, as a member of the organization."""
+    from loquent.orgs import service
+    from loquent.orgs.models import Organization
+
+    if role not in service.ROLES:
+        _fail("--role must be owner or member")
+    if "@" not in email or len(email) > 320:
+        _fail("--email must be an email address")
+    password = _read_password(password_stdin)
+
+    async def work(session: Any, ctx: Any) -> int:
+        if await session.get(Organization, org) is None:
+            _fail(f"no organization {org}")
+        user = await service.get_or_create_user(session, email, password)
+        await service.ensure_member(session, user, org, role)
+        return user.id
+
+    user_id = _with_session(work)
+    _emit({"id": user_id, "email": email.strip().lower()}, as_json, f"user {email} ready")
+
+
+@token_app.command("create")
+def token_create(
+    org: int = typer.Option(..., "--org"),
+    email: str = typer.Option(..., "--email"),
+    name: str = typer.Option("", "--name"),
+    role: str = typer.Option("owner", "--role", help="role if the member is created now"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create an API token (the user and membership are created if needed). Shown once."""
+    from loquent.orgs import service
+    from loquent.orgs.models import Organization
+
+    if "@" not in email or len(email) > 320:
+        _fail("--email must be an email address")
+    if role not in service.ROLES:
+        _fail("--role must be owner or member")
+
+    async def work(session: Any, ctx: Any) -> str:
+        if await session.get(Organization, org) is None:
+            _fail(f"no organization {org}")
+        user = await service.get_or_create_user(session, email)
+        await service.ensure_member(session, user, org, role)
+        return await service.create_api_token(session, user, org, name)
+
+    token = _with_session(work)
+    _emit({"token": token}, as_json, token)
+
+
+def _mount_optional() -> None:
+    try:
+        from loquent.simulator.cli import simulate_app
+    except ImportError:
+        return
+    app.add_typer(simulate_app, name="simulate", help="The bundled Twilio simulator.")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,47 @@
+"""What the running process shares: settings, database, notifier, secrets, HTTP client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from fastapi import Request
+
+from loquent.config import Settings
+from loquent.db import Database
+from loquent.orgs.crypto import SecretBox
+from loquent.realtime.notifier import Notifier, build_notifier
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    notifier: Notifier
+    box: SecretBox
+    http: httpx.AsyncClient
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AppContext:
+        return cls(
+            settings=settings,
+            db=Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms),
+            notifier=build_notifier(settings.redis_url),
+            box=SecretBox(settings.secret_keys),
+            http=httpx.AsyncClient(
+                timeout=settings.twilio_timeout_seconds, follow_redirects=False
+            ),
+        )
+
+    async def start(self) -> None:
+        await self.notifier.start()
+
+    async def close(self) -> None:
+        await self.notifier.stop()
+        await self.http.aclose()
+        await self.db.dispose()
+
+
+def get_context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,350 @@
+"""Recording messages: status events, inbound texts, external capture and body enrichment.
+
+Every function works inside the caller's transaction and appends the realtime events it
+causes to the event log in that same transaction; the caller commits with
+``realtime.log.commit`` so listeners wake only once the change is durable.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from loquent.contacts import service as contacts
+from loquent.contacts.phones import try_normalize
+from loquent.db import utcnow
+from loquent.messaging.events import EVT_MESSAGE_NEW, EVT_MESSAGE_STATUS
+from loquent.messaging.models import Message, MessageMedia
+from loquent.messaging.schemas import FetchedMessage, InboundText, StatusReport, message_json
+from loquent.messaging.statuses import should_advance
+from loquent.orgs import service as orgs
+from loquent.realtime.log import append_event, wake_jobs_after_commit
+
+log = structlog.get_logger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    UNMATCHED = "unmatched"  # neither number is one of the organization's lines
+
+
+def normalize_address(raw: str) -> str:
+    """E.164 for phone numbers; other senders (alphanumeric ids, short codes) kept as given."""
+    return try_normalize(raw) or raw.strip()
+
+
+async def find_by_sid(
+    session: AsyncSession, org_id: int, sid: str, *, for_update: bool = False
+) -> Message | None:
+    stmt = select(Message).where(Message.organization_id == org_id, Message.external_id == sid)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt.execution_options(populate_existing=True))).scalar_one_or_none()
+
+
+# --- status events ------------------------------------------------------------------------
+
+
+async def record_status_report(session: AsyncSession, org_id: int, report: StatusReport) -> Outcome:
+    """Apply a status report: update a known message, or capture one sent elsewhere."""
+    message = await find_by_sid(session, org_id, report.message_sid, for_update=True)
+    if message is not None:
+        return await _apply_status(session, message, report)
+    return await _capture_external(session, org_id, report)
+
+
+async def _apply_status(session: AsyncSession, message: Message, report: StatusReport) -> Outcome:
+    changed = False
+    if should_advance(message.status, report.status):
+        message.status = report.status
+        changed = True
+        if report.error_code and report.error_code != message.error_code:
+            message.error_code = report.error_code
+    if report.body and message.body is None:
+        message.body = report.body
+        message.body_state = "ready"
+        changed = True
+    if not changed:
+        return Outcome.UNCHANGED
+    message.updated_at = utcnow()
+    await session.flush()
+    await append_event(session, message.organization_id, EVT_MESSAGE_STATUS, message_json(message))
+    return Outcome.UPDATED
+
+
+async def _capture_external(session: AsyncSession, org_id: int, report: StatusReport) -> Outcome:
+    """External SMS capture: a status event for a message this inbox has never seen."""
+    sender = normalize_address(report.from_address)
+    recipient = normalize_address(report.to_address)
+    if line := await orgs.find_line(session, org_id, sender):
+        direction, counterpart = "outbound", recipient
+    elif line := await orgs.find_line(session, org_id, recipient):
+        direction, counterpart = "inbound", sender
+    else:
+        await orgs.record_unmatched_event(session, org_id)
+        log.info(
+            "capture.unmatched", org_id=org_id, message_sid=report.message_sid,
+            reason="neither number is an organization line",
+        )
+        return Outcome.UNMATCHED
+
+    contact = await contacts.resolve_or_create(session, org_id, counterpart, source="external_sms")
+    at = report.occurred_at or utcnow()
+    has_body = bool(report.body)
+    message_id = await _insert_once(
+        session,
+        organization_id=org_id,
+        contact_id=contact.id,
+        phone_number_id=line.id,
+        channel="sms",
+        direction=direction,
+        from_address=sender,
+        to_address=recipient,
+        body=report.body if has_body else None,
+        status=report.status,
+        error_code=report.error_code,
+        source="external",
+        external_id=report.message_sid,
+        num_media=report.num_media or 0,
+        created_at=at,
+        updated_at=utcnow(),
+        body_state="ready" if has_body else "pending",
+        body_attempts=0,
+        body_next_attempt_at=None if has_body else utcnow(),
+    )
+    if message_id is None:
+        # Another transaction inserted this SID first: our event is a status update of its row.
+        message = await find_by_sid(session, org_id, report.message_sid, for_update=True)
+        if message is None:  # pragma: no cover - the winner's row is committed by now
+            raise RuntimeError("unique conflict on message without a visible winner")
+        return await _apply_status(session, message, report)
+
+    await contacts.touch_last_contacted(session, contact.id, at)
+    message = await session.get(Message, message_id, populate_existing=True)
+    assert message is not None
+    await append_event(session, org_id, EVT_MESSAGE_NEW, message_json(message))
+    if not has_body:
+        wake_jobs_after_commit(session)
+    log.info(
+        "capture.created", org_id=org_id, message_id=message_id,
+        message_sid=report.message_sid, direction=direction,
+    )
+    return Outcome.CREATED
+
+
+async def _insert_once(session: AsyncSession, **values: object) -> int | None:
+    """INSERT … ON CONFLICT (organization_id, external_id) DO NOTHING RETURNING id.
+
+    Returns None when a row with that SID already exists. On PostgreSQL a concurrent insert
+    of the same SID waits for the other transaction and then does nothing, so exactly one
+    wins without an exception or a rolled-back transaction.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(Message)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["organization_id", "external_id"])
+        .returning(Message.id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+# --- inbound texts --------------------------------------------------------------------------
+
+
+async def record_inbound_text(session: AsyncSession, org_id: int, text: InboundText) -> Outcome:
+    """A text that arrived on one of the organization's lines, with its body."""
+    existing = await find_by_sid(session, org_id, text.message_sid, for_update=True)
+    if existing is not None:  # a redelivery, or the status path saw it first
+        return await _apply_status(
+            session,
+            existing,
+            StatusReport(
+                message_sid=text.message_sid, status="received",
+                from_address=text.from_address, to_address=text.to_address, body=text.body,
+            ),
+        )
+    sender = normalize_address(text.from_address)
+    recipient = normalize_address(text.to_address)
+    # Twilio only delivers inbound texts for numbers on the account, so the receiving number
+    # is an organization line even if it has not been imported yet.
+    line = await orgs.find_line(session, org_id, recipient) or await orgs.add_phone_number(
+        session, org_id, recipient
+    )
+    contact = await contacts.resolve_or_create(session, org_id, sender, source="inbound_sms")
+    at = text.occurred_at or utcnow()
+    has_body = bool(text.body)
+    message_id = await _insert_once(
+        session,
+        organization_id=org_id,
+        contact_id=contact.id,
+        phone_number_id=line.id,
+        channel="sms",
+        direction="inbound",
+        from_address=sender,
+        to_address=recipient,
+        body=text.body if has_body else None,
+        status="received",
+        error_code=None,
+        source="loquent",
+        external_id=text.message_sid,
+        num_media=text.num_media,
+        created_at=at,
+        updated_at=utcnow(),
+        # An MMS with no text still has media worth fetching; a bare empty SMS is just empty.
+        body_state="ready" if has_body else ("pending" if text.num_media else "empty"),
+        body_attempts=0,
+        body_next_attempt_at=utcnow() if (not has_body and text.num_media) else None,
+    )
+    if message_id is None:
+        return Outcome.UNCHANGED
+    await contacts.touch_last_contacted(session, contact.id, at)
+    message = await session.get(Message, message_id, populate_existing=True)
+    assert message is not None
+    await append_event(session, org_id, EVT_MESSAGE_NEW, message_json(message))
+    if message.body_state == "pending":
+        wake_jobs_after_commit(session)
+    return Outcome.CREATED
+
+
+# --- body enrichment ------------------------------------------------------------------------
+
+
+async def apply_fetched_message(
+    session: AsyncSession, message_id: int, fetched: FetchedMessage
+) -> bool:
+    """Store what Twilio's API returned for a pending message. False if it was not pending."""
+    message = await _pending(session, message_id)
+    if message is None:
+        return False
+    if fetched.body:
+        message.body = fetched.body
+        message.body_state = "ready"
+    else:
+        message.body_state = "empty"
+    if fetched.status and should_advance(message.status, fetched.status):
+        message.status = fetched.status
+        if fetched.error_code:
+            message.error_code = fetched.error_code
+    message.num_media = fetched.num_media
+    if fetched.created_at is not None:
+        # Twilio's own time of the message beats the time of whichever event we saw first.
+        message.created_at = fetched.created_at
+        await contacts.touch_last_contacted(session, message.contact_id, fetched.created_at)
+    existing_media = set(
+        (
+            await session.execute(
+                select(MessageMedia.media_sid).where(MessageMedia.message_id == message.id)
+            )
+        ).scalars()
+    )
+    for media in fetched.media:
+        if media.sid not in existing_media:
+            session.add(
+                MessageMedia(message_id=message.id, media_sid=media.sid, content_type=media.content_type)
+            )
+    _finish_job(message)
+    await session.flush()
+    await append_event(session, message.organization_id, EVT_MESSAGE_STATUS, message_json(message))
+    return True
+
+
+async def mark_body_failed(session: AsyncSession, message_id: int, reason: str) -> bool:
+    message = await _pending(session, message_id)
+    if message is None:
+        return False
+    message.body_state = "failed"
+    message.body_error = reason[:500]
+    _finish_job(message)
+    await session.flush()
+    await append_event(session, message.organization_id, EVT_MESSAGE_STATUS, message_json(message))
+    return True
+
+
+async def schedule_body_retry(
+    session: AsyncSession, message_id: int, *, delay: timedelta, reason: str, count_attempt: bool
+) -> None:
+    """Put a claimed message back for a later attempt (the lease is released)."""
+    message = await _pending(session, message_id)
+    if message is None:
+        return
+    if not count_attempt:
+        message.body_attempts = max(0, message.body_attempts - 1)
+    message.body_next_attempt_at = utcnow() + delay
+    message.body_locked_until = None
+    message.body_error = reason[:500]
+
+
+async def _pending(session: AsyncSession, message_id: int) -> Message | None:
+    result = await session.execute(
+        select(Message)
+        .where(Message.id == message_id, Message.body_state == "pending")
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+def _finish_job(message: Message) -> None:
+    message.body_next_attempt_at = None
+    message.body_locked_until = None
+    message.updated_at = utcnow()
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+async def last_messages(
+    session: AsyncSession, org_id: int, contact_ids: list[int]
+) -> dict[int, Message]:
+    """The newest message of each given contact, in one query."""
+    if not contact_ids:
+        return {}
+    ranked = (
+        select(
+            Message.id,
+            func.row_number()
+            .over(
+                partition_by=Message.contact_id,
+                order_by=(Message.created_at.desc(), Message.id.desc()),
+            )
+            .label("rn"),
+        )
+        .where(Message.organization_id == org_id, Message.contact_id.in_(contact_ids))
+        .subquery()
+    )
+    result = await session.execute(
+        select(Message).join(ranked, ranked.c.id == Message.id).where(ranked.c.rn == 1)
+    )
+    return {m.contact_id: m for m in result.scalars()}
+
+
+async def list_conversation(
+    session: AsyncSession,
+    org_id: int,
+    contact_id: int,
+    *,
+    limit: int,
+    before: tuple[datetime, int] | None,
+) -> list[Message]:
+    """Up to ``limit`` messages older than ``before``, returned oldest→newest."""
+    stmt = select(Message).where(
+        Message.organization_id == org_id, Message.contact_id == contact_id
+    )
+    if before is not None:
+        at, last_id = before
+        stmt = stmt.where(
+            (Message.created_at < at) | ((Message.created_at == at) & (Message.id < last_id))
+        )
+    stmt = stmt.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit)
+    rows = list((await session.execute(stmt)).scalars())
+    rows.reverse()
+    return rows

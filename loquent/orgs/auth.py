@@ -1,0 +1,64 @@
+"""Who is calling: a bearer API token (scripts) or a browser session cookie.
+
+Every authenticated request is scoped to exactly one organization. State-changing
+requests made with a session cookie must also carry the session's CSRF token (header
+``X-CSRF-Token`` or form field ``csrf_token``); bearer tokens are not sent by browsers on
+their own, so they need none.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Depends, Request
+
+from loquent.context import AppContext, get_context
+from loquent.errors import ApiError
+from loquent.orgs import service
+from loquent.orgs.service import Principal
+
+SESSION_COOKIE = "loquent_session"
+CSRF_HEADER = "x-csrf-token"
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+async def principal_from_request(request: Request, ctx: AppContext) -> Principal | None:
+    header = request.headers.get("authorization")
+    async with ctx.db.reader() as session:
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip() or len(token) > 200:
+                return None
+            return await service.authenticate_token(session, token.strip())
+        raw = request.cookies.get(SESSION_COOKIE)
+        if not raw or len(raw) > 200:
+            return None
+        return await service.authenticate_session(session, raw)
+
+
+async def require_principal(
+    request: Request, ctx: AppContext = Depends(get_context)
+) -> Principal:
+    principal = await principal_from_request(request, ctx)
+    if principal is None:
+        raise ApiError(
+            401, "unauthorized", "authentication required: a session or a bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if principal.via == "session" and request.method not in _SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER)
+        if sent is None and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")
+        ):
+            form = await request.form()
+            value = form.get("csrf_token")
+            sent = value if isinstance(value, str) else None
+        if not sent or not hmac.compare_digest(sent, principal.csrf_token or ""):
+            raise ApiError(403, "csrf_failed", "missing or wrong CSRF token")
+    return principal
+
+
+async def require_owner(principal: Principal = Depends(require_principal)) -> Principal:
+    if principal.role != "owner":
+        raise ApiError(403, "forbidden", "only an organization owner can do this")
+    return principal

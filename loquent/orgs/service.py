@@ -1,0 +1,280 @@
+"""Organizations, members, tokens, sessions and org lines. Plain async functions taking a session."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from loquent.db import utcnow
+from loquent.orgs.crypto import SecretBox, token_digest
+from loquent.orgs.models import ApiToken, Member, Organization, PhoneNumber, User, UserSession
+from loquent.orgs.passwords import hash_password, verify_password
+
+ROLES = ("owner", "member")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: always scoped to exactly one organization."""
+
+    user_id: int
+    organization_id: int
+    role: str
+    via: str  # "session" | "token"
+    csrf_token: str | None = None
+
+
+# --- organizations -----------------------------------------------------------------------
+
+
+async def create_organization(
+    session: AsyncSession,
+    box: SecretBox,
+    *,
+    name: str,
+    twilio_account_sid: str | None = None,
+    twilio_auth_token: str | None = None,
+) -> Organization:
+    org = Organization(name=name)
+    if twilio_account_sid:
+        org.twilio_account_sid = twilio_account_sid
+    if twilio_auth_token:
+        org.twilio_auth_token = box.encrypt(twilio_auth_token)
+    session.add(org)
+    await session.flush()
+    return org
+
+
+async def set_twilio_credentials(
+    session: AsyncSession, box: SecretBox, org: Organization, *, account_sid: str, auth_token: str
+) -> None:
+    org.twilio_account_sid = account_sid
+    org.twilio_auth_token = box.encrypt(auth_token)
+    org.twilio_credentials_valid = True
+    org.twilio_credentials_error = None
+    org.twilio_credentials_checked_at = utcnow()
+
+
+async def find_org_by_account_sid(session: AsyncSession, account_sid: str) -> Organization | None:
+    result = await session.execute(
+        select(Organization).where(Organization.twilio_account_sid == account_sid)
+    )
+    return result.scalar_one_or_none()
+
+
+def auth_token_of(box: SecretBox, org: Organization) -> str | None:
+    return box.decrypt(org.twilio_auth_token) if org.twilio_auth_token else None
+
+
+async def mark_credentials_invalid(session: AsyncSession, org_id: int, reason: str) -> None:
+    await session.execute(
+        update(Organization)
+        .where(Organization.id == org_id)
+        .values(
+            twilio_credentials_valid=False,
+            twilio_credentials_error=reason,
+            twilio_credentials_checked_at=utcnow(),
+        )
+    )
+
+
+async def record_signature_failure(session: AsyncSession, org_id: int) -> None:
+    await session.execute(
+        update(Organization)
+        .where(Organization.id == org_id)
+        .values(
+            signature_failures=Organization.signature_failures + 1,
+            last_signature_failure_at=utcnow(),
+        )
+    )
+
+
+async def record_unmatched_event(session: AsyncSession, org_id: int) -> None:
+    await session.execute(
+        update(Organization)
+        .where(Organization.id == org_id)
+        .values(unmatched_events=Organization.unmatched_events + 1)
+    )
+
+
+# --- org lines -----------------------------------------------------------------------------
+
+
+async def add_phone_number(
+    session: AsyncSession,
+    org_id: int,
+    number: str,
+    *,
+    twilio_sid: str | None = None,
+    friendly_name: str = "",
+) -> PhoneNumber:
+    existing = await find_line(session, org_id, number)
+    if existing is not None:
+        if twilio_sid:
+            existing.twilio_sid = twilio_sid
+        if friendly_name:
+            existing.friendly_name = friendly_name
+        return existing
+    line = PhoneNumber(
+        organization_id=org_id, number=number, twilio_sid=twilio_sid, friendly_name=friendly_name
+    )
+    session.add(line)
+    await session.flush()
+    return line
+
+
+async def find_line(session: AsyncSession, org_id: int, number: str) -> PhoneNumber | None:
+    result = await session.execute(
+        select(PhoneNumber).where(
+            PhoneNumber.organization_id == org_id, PhoneNumber.number == number
+        )
+    )
+    return result.scalar_one_or_none()
+
+
+async def list_lines(session: AsyncSession, org_id: int) -> list[PhoneNumber]:
+    result = await session.execute(
+        select(PhoneNumber).where(PhoneNumber.organization_id == org_id).order_by(PhoneNumber.id)
+    )
+    return list(result.scalars())
+
+
+# --- users, members -----------------------------------------------------------------------
+
+
+async def get_or_create_user(
+    session: AsyncSession, email: str, password: str | None = None
+) -> User:
+    email = email.strip().lower()
+    user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
+    if user is None:
+        user = User(email=email)
+        session.add(user)
+    if password is not None:
+        user.password_hash = hash_password(password)
+    await session.flush()
+    return user
+
+
+async def ensure_member(session: AsyncSession, user: User, org_id: int, role: str) -> Member:
+    member = (
+        await session.execute(
+            select(Member).where(Member.user_id == user.id, Member.organization_id == org_id)
+        )
+    ).scalar_one_or_none()
+    if member is None:
+        member = Member(user_id=user.id, organization_id=org_id, role=role)
+        session.add(member)
+        await session.flush()
+    return member
+
+
+async def authenticate_password(
+    session: AsyncSession, email: str, password: str
+) -> tuple[User, Member] | None:
+    user = (
+        await session.execute(select(User).where(User.email == email.strip().lower()))
+    ).scalar_one_or_none()
+    if not verify_password(password, user.password_hash if user else None) or user is None:
+        return None
+    member = (
+        await session.execute(
+            select(Member).where(Member.user_id == user.id).order_by(Member.id).limit(1)
+        )
+    ).scalar_one_or_none()
+    return (user, member) if member else None
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+
+async def create_api_token(
+    session: AsyncSession, user: User, org_id: int, name: str = ""
+) -> str:
+    token = "lq_" + secrets.token_urlsafe(32)
+    session.add(
+        ApiToken(token_hash=token_digest(token), user_id=user.id, organization_id=org_id, name=name)
+    )
+    await session.flush()
+    return token
+
+
+async def authenticate_token(session: AsyncSession, token: str) -> Principal | None:
+    row = (
+        await session.execute(
+            select(ApiToken, Member.role)
+            .join(
+                Member,
+                (Member.user_id == ApiToken.user_id)
+                & (Member.organization_id == ApiToken.organization_id),
+            )
+            .where(ApiToken.token_hash == token_digest(token), ApiToken.revoked_at.is_(None))
+        )
+    ).first()
+    if row is None:
+        return None
+    api_token, role = row
+    return Principal(
+        user_id=api_token.user_id, organization_id=api_token.organization_id, role=role, via="token"
+    )
+
+
+# --- browser sessions -----------------------------------------------------------------------
+
+
+async def create_session(
+    session: AsyncSession, user_id: int, org_id: int, max_age_seconds: int
+) -> tuple[str, UserSession]:
+    raw = secrets.token_urlsafe(32)
+    row = UserSession(
+        session_hash=token_digest(raw),
+        user_id=user_id,
+        organization_id=org_id,
+        csrf_token=secrets.token_urlsafe(24),
+        expires_at=utcnow() + timedelta(seconds=max_age_seconds),
+    )
+    session.add(row)
+    await session.flush()
+    return raw, row
+
+
+async def authenticate_session(
+    session: AsyncSession, raw: str, now: datetime | None = None
+) -> Principal | None:
+    row = (
+        await session.execute(
+            select(UserSession, Member.role)
+            .join(
+                Member,
+                (Member.user_id == UserSession.user_id)
+                & (Member.organization_id == UserSession.organization_id),
+            )
+            .where(UserSession.session_hash == token_digest(raw))
+        )
+    ).first()
+    if row is None:
+        return None
+    user_session, role = row
+    if user_session.expires_at <= (now or utcnow()):
+        return None
+    return Principal(
+        user_id=user_session.user_id,
+        organization_id=user_session.organization_id,
+        role=role,
+        via="session",
+        csrf_token=user_session.csrf_token,
+    )
+
+
+async def end_session(session: AsyncSession, raw: str) -> None:
+    row = (
+        await session.execute(
+            select(UserSession).where(UserSession.session_hash == token_digest(raw))
+        )
+    ).scalar_one_or_none()
+    if row is not None:
+        await session.delete(row)

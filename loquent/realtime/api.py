@@ -1,0 +1,133 @@
+"""GET /api/events — the organization's realtime events as Server-Sent Events.
+
+Each frame is ``id: <event log id>``, ``event: <type>``, ``data: {"type", "payload"}``. A
+client resumes with ``Last-Event-ID`` (or ``?after=`` on its first connection) and gets
+exactly the events it missed; if those are no longer in the log, or there are more than
+the replay bound, it gets a ``resync`` event and should re-fetch. Streams end after a
+maximum lifetime so that browsers reconnect (and land on a healthy process) regularly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import func, select
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from loquent.context import AppContext, get_context
+from loquent.errors import ApiError
+from loquent.metrics import SSE_STREAMS
+from loquent.orgs.auth import require_principal
+from loquent.orgs.service import Principal
+from loquent.realtime import log as event_log
+from loquent.realtime.models import EventLogEntry
+from loquent.realtime.notifier import org_topic
+
+router = APIRouter(prefix="/api", tags=["realtime"])
+
+RESYNC = "resync"
+_BATCH = 500
+_RECONNECT_MS = 1000
+
+
+@router.get(
+    "/events",
+    summary="Server-Sent Events stream of this organization's events",
+    response_class=EventSourceResponse,
+)
+async def events(
+    request: Request,
+    after: int | None = Query(None, ge=0, le=2**62, description="resume after this event id"),
+    principal: Principal = Depends(require_principal),
+    ctx: AppContext = Depends(get_context),
+) -> EventSourceResponse:
+    resume_from = _last_event_id(request)
+    if resume_from is None:
+        resume_from = after
+    SSE_STREAMS.inc()
+    return EventSourceResponse(
+        _stream(request, ctx, principal.organization_id, resume_from),
+        ping=ctx.settings.sse_ping_seconds,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def _last_event_id(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id")
+    if raw is None or raw.strip() == "":
+        return None
+    if not raw.strip().isdigit() or len(raw) > 19:
+        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id")
+    return int(raw)
+
+
+async def _stream(
+    request: Request, ctx: AppContext, org_id: int, resume_from: int | None
+) -> AsyncIterator[ServerSentEvent]:
+    settings = ctx.settings
+    deadline = time.monotonic() + settings.sse_max_stream_seconds
+    cursor, resync = await _starting_point(ctx, org_id, resume_from)
+    if resync:
+        yield _resync_event(cursor)
+    else:
+        yield ServerSentEvent(comment="connected", retry=_RECONNECT_MS)
+
+    with ctx.notifier.listen(org_topic(org_id)) as wake:
+        while time.monotonic() < deadline:
+            wake.clear()
+            async with ctx.db.reader() as session:
+                rows = await event_log.read_after(session, org_id, cursor, _BATCH)
+            for row in rows:
+                cursor = row.id
+                yield ServerSentEvent(
+                    id=str(row.id),
+                    event=row.type,
+                    data=json.dumps({"type": row.type, "payload": row.payload}),
+                )
+            if len(rows) == _BATCH:
+                continue
+            if await request.is_disconnected():
+                return
+            # Woken by the notifier; the timeout is the safety net for a lost wake-up.
+            timeout = min(settings.sse_poll_seconds, max(deadline - time.monotonic(), 0.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=timeout)
+
+
+async def _starting_point(
+    ctx: AppContext, org_id: int, resume_from: int | None
+) -> tuple[int, bool]:
+    """Where to start reading, and whether the client must resync instead of replaying."""
+    async with ctx.db.reader() as session:
+        latest = await event_log.latest_id(session, org_id)
+        if resume_from is None:
+            return latest, False
+        oldest, newest = await event_log.bounds(session)
+        if newest is None or resume_from > newest:
+            return latest, resume_from > 0  # an id from another database or a reset log
+        if oldest is not None and resume_from < oldest - 1:
+            return latest, True  # some of what was missed has been pruned
+        missed = (
+            await session.execute(
+                select(func.count())
+                .select_from(EventLogEntry)
+                .where(EventLogEntry.organization_id == org_id, EventLogEntry.id > resume_from)
+            )
+        ).scalar_one()
+        if missed > ctx.settings.sse_replay_limit:
+            return latest, True
+        return resume_from, False
+
+
+def _resync_event(cursor: int) -> ServerSentEvent:
+    return ServerSentEvent(
+        id=str(cursor),
+        event=RESYNC,
+        data=json.dumps({"type": RESYNC, "payload": {"reason": "missed events are gone"}}),
+        retry=_RECONNECT_MS,
+    )

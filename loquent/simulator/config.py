@@ -1,0 +1,29 @@
+"""Knobs of the simulator that tests and the demo may want to turn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SimulatorConfig:
+    # Where media redirects point. Real Twilio redirects media downloads to another host; point
+    # this at a different host name for the same server (``http://localhost:PORT`` while the API
+    # is reached as ``http://127.0.0.1:PORT``) to check that credentials are not forwarded.
+    # ``None`` means the simulator's own base URL as seen by the request.
+    media_base_url: str | None = None
+
+    # Status events emitted for a message created through ``POST .../Messages.json``.
+    outbound_statuses: tuple[str, ...] = ("queued", "sent", "delivered")
+    outbound_status_delay_s: float = 0.2
+
+    # Webhook delivery: Twilio waits at most 5 s for an answer and retries 429/5xx and connection
+    # errors for hours; here the retries are few and quick so tests stay fast.
+    delivery_timeout_s: float = 5.0
+    retry_backoff_s: tuple[float, ...] = field(default=(0.2, 0.5, 1.0))
+
+    # The control API has no authentication, so by default it answers loopback clients only.
+    control_loopback_only: bool = True
+
+    # Upper bound on the request and delivery logs, so long benchmark runs stay bounded.
+    log_limit: int = 10_000
