@@ -1,0 +1,52 @@
+# Loquent — the two commands: `make run` (demo) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+DEMO_DB ?= .demo/loquent.db
+
+.PHONY: run test lint typecheck test-unit test-e2e bench install clean chromium
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## run: set everything up and start the demo (SQLite, in-process events/jobs, Twilio simulator)
+run: $(STAMP)
+	@mkdir -p .demo
+	LOQUENT_DATABASE_URL=$${LOQUENT_DATABASE_URL:-sqlite+aiosqlite:///$(DEMO_DB)} $(VENV)/bin/loquent demo
+
+## test: lint, type-check, the unit/integration suite, then the browser suite
+test: $(STAMP) chromium lint typecheck test-unit test-e2e
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e" -p no:cacheprovider -rs
+
+test-e2e: $(STAMP) chromium
+	$(PY) -m pytest -q -m e2e -p no:cacheprovider -rs
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check loquent tests bench
+	$(VENV)/bin/ruff format --check loquent tests bench || true
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+## chromium: Debian's Chromium for the browser tests (no browser downloads)
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: browser tests will be skipped (apt-get install chromium)"; fi; \
+	fi
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
