@@ -86,6 +86,29 @@ def serve(
 
 
 @app.command()
+def demo(
+    host: str = typer.Option("127.0.0.1", help="Interface for the app; keep it on loopback."),
+    port: int = typer.Option(8000, help="Port of the app."),
+    sim_port: int = typer.Option(8899, "--sim-port", help="Port of the Twilio simulator."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start from an empty SQLite database."),
+    scenario: bool = typer.Option(True, "--scenario/--no-scenario", help="Play the scenario."),
+    wait_for_viewer: float = typer.Option(
+        30.0, "--wait-for-viewer", min=0,
+        help="Seconds to wait for a browser to open the inbox before the scenario (0: none).",
+    ),
+) -> None:
+    """Run the app next to the bundled Twilio simulator, seeded, and play a short scenario."""
+    from loquent.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            host=host, port=port, sim_port=sim_port, fresh=fresh, play_scenario=scenario,
+            wait_for_viewer_seconds=wait_for_viewer,
+        )
+    )
+
+
+@app.command()
 def worker() -> None:
     """Run the background job worker on its own (production: as many as needed)."""
     from loquent.context import AppContext
@@ -256,3 +279,5 @@ _mount_optional()
 
 def main() -> None:
     app()
+if __name__ == "__main__":
+    main()

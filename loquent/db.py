@@ -9,6 +9,7 @@ never queue behind writers.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -127,6 +128,7 @@ class Database:
                 pool_timeout=5,
             )
             self.read_engine = self.engine
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._readers = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -134,8 +136,20 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def session(self) -> AsyncSession:
-        return self._sessions()
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session for a write transaction.
+
+        On SQLite, writers in this process queue on an asyncio lock instead of all
+        contending for the database lock: SQLite's busy handler sleeps and polls, which
+        under a burst of webhooks turns into multi-second waits.
+        """
+        if self._write_lock is None:
+            async with self._sessions() as session:
+                yield session
+            return
+        async with self._write_lock, self._sessions() as session:
+            yield session
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:
