@@ -98,11 +98,21 @@ def us_friendly_name(phone_number: str) -> str:
 
 
 @dataclass
+class SigningKey:
+    """A webhook SharedKey: deliveries are signed with its secret instead of the auth token."""
+
+    key_sid: str
+    secret: str
+    algorithm: str  # "HMAC_SHA256" or "HMAC_SHA1"
+
+
+@dataclass
 class Account:
     sid: str
     auth_token: str
     friendly_name: str
     status: str = "active"
+    signing_key: SigningKey | None = None
     date_created: datetime = field(default_factory=utcnow)
     date_updated: datetime = field(default_factory=utcnow)
 
@@ -391,7 +401,9 @@ class SimStore:
         self.subscriptions[subscription.sid] = subscription
         return subscription
 
-    def subscriptions_for(self, account_sid: str, sink_sid: str | None = None) -> list[Subscription]:
+    def subscriptions_for(
+        self, account_sid: str, sink_sid: str | None = None
+    ) -> list[Subscription]:
         return sorted(
             (
                 s

@@ -1,0 +1,690 @@
+"""The ``/_sim`` control API: seed accounts, play external traffic, inject faults, inspect logs.
+
+JSON in and out, no authentication (it is a local test tool, answered on loopback only by
+default). Account listings include auth tokens for the same reason: tests and the demo need them
+to configure the app.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from loquent.simulator.core import Simulator, highest_status
+from loquent.simulator.delivery import (
+    JSON_CONTENT_TYPE,
+    DeliveryOptions,
+    DeliveryRecord,
+    Signer,
+)
+from loquent.simulator.events import MESSAGE_EVENT_TYPES, STATUS_EVENT_TYPES
+from loquent.simulator.representations import message_json
+from loquent.simulator.state import STATUS_RANK, Account, Message, SigningKey
+
+router = APIRouter(prefix="/_sim", tags=["simulator control"])
+
+E164 = r"^\+[1-9]\d{1,14}$"
+ACCOUNT_SID = r"^AC[0-9a-fA-F]{32}$"
+DEFAULT_STATUSES = ["queued", "sent", "delivered"]
+
+
+def simulator(request: Request) -> Simulator:
+    sim: Simulator = request.app.state.simulator
+    return sim
+
+
+def _account(sim: Simulator, sid: str) -> Account:
+    account = sim.store.accounts.get(sid)
+    if account is None:
+        raise HTTPException(404, f"unknown account {sid}")
+    return account
+
+
+def _records(records: list[DeliveryRecord] | None) -> list[dict[str, Any]] | None:
+    return None if records is None else [record.to_json() for record in records]
+
+
+def _check_statuses(statuses: list[str]) -> list[str]:
+    unknown = [status for status in statuses if status not in STATUS_EVENT_TYPES]
+    if unknown:
+        raise ValueError(f"unknown statuses {unknown}; known: {sorted(STATUS_EVENT_TYPES)}")
+    return statuses
+
+
+class ControlModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DeliveryControls(ControlModel):
+    duplicate: int = Field(1, ge=1, le=100, description="deliver each event this many times")
+    shuffle: bool = False
+    batch: bool = Field(False, description="all events in one request instead of one each")
+    concurrent: bool = Field(False, description="send the requests at once")
+    delay_ms: int = Field(0, ge=0, le=60_000, description="pause between requests")
+    seed: int | None = Field(None, description="makes shuffle reproducible")
+    wait: bool = Field(False, description="await delivery and return the results")
+
+    def options(self) -> DeliveryOptions:
+        return DeliveryOptions(
+            duplicate=self.duplicate,
+            shuffle=self.shuffle,
+            batch=self.batch,
+            concurrent=self.concurrent,
+            delay_s=self.delay_ms / 1000,
+            seed=self.seed,
+        )
+
+
+class AccountIn(ControlModel):
+    sid: str | None = Field(None, pattern=ACCOUNT_SID)
+    auth_token: str | None = Field(None, min_length=1)
+    friendly_name: str | None = None
+
+
+class RotateTokenIn(ControlModel):
+    auth_token: str | None = Field(None, min_length=1)
+
+
+class SigningKeyIn(ControlModel):
+    key_sid: str | None = Field(None, min_length=1)
+    secret: str | None = Field(None, min_length=1)
+    algorithm: Literal["HMAC_SHA256", "HMAC_SHA1"] = "HMAC_SHA256"
+
+
+class NumberIn(ControlModel):
+    phone_number: str = Field(pattern=E164)
+    friendly_name: str | None = None
+
+
+class SinkIn(ControlModel):
+    destination: str
+    types: list[str] | None = None
+    batch_events: bool = True
+    description: str | None = None
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("types must not be empty")
+            unknown = [t for t in value if t not in MESSAGE_EVENT_TYPES]
+            if unknown:
+                raise ValueError(f"unknown types {unknown}; known: {list(MESSAGE_EVENT_TYPES)}")
+        return value
+
+
+class ConsoleSmsIn(DeliveryControls):
+    from_: str = Field(alias="from", pattern=E164)
+    to: str = Field(pattern=E164)
+    body: str = ""
+    media_urls: list[str] = Field(default_factory=list)
+    statuses: list[str] = Field(default_factory=lambda: list(DEFAULT_STATUSES), min_length=1)
+    error_code: int | None = None
+    include_body: bool = Field(False, description="put the body in the status events too")
+    deliver: bool = Field(True, description="false: only create the message, send no events")
+    date_created: datetime | None = None
+
+    _statuses = field_validator("statuses")(_check_statuses)
+
+
+class InboundSmsIn(DeliveryControls):
+    from_: str = Field(alias="from", pattern=E164)
+    to: str = Field(pattern=E164)
+    body: str = ""
+    media_urls: list[str] = Field(default_factory=list)
+    deliver: bool = True
+    date_created: datetime | None = None
+
+
+class SeedMessage(ControlModel):
+    from_: str = Field(alias="from", pattern=E164)
+    to: str = Field(pattern=E164)
+    body: str = ""
+    direction: Literal["outbound-api", "inbound"] = "outbound-api"
+    status: str | None = Field(None, description="default: delivered, or received if inbound")
+    error_code: int | None = None
+    media_urls: list[str] = Field(default_factory=list)
+    date_created: datetime | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _known_status(cls, value: str | None) -> str | None:
+        if value is not None and value not in STATUS_RANK:
+            raise ValueError(f"unknown status {value!r}; known: {sorted(STATUS_RANK)}")
+        return value
+
+
+class SeedMessagesIn(ControlModel):
+    messages: list[SeedMessage] = Field(min_length=1, max_length=100_000)
+
+
+class MessageEventsIn(DeliveryControls):
+    statuses: list[str] = Field(min_length=1)
+    error_code: int | None = None
+    include_body: bool = False
+
+    @field_validator("statuses")
+    @classmethod
+    def _known_statuses(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in STATUS_EVENT_TYPES and s != "received"]
+        if unknown:
+            raise ValueError(f"unknown statuses {unknown}")
+        return value
+
+
+class DeliverRawIn(ControlModel):
+    account_sid: str | None = None
+    destination: str | None = Field(None, description="default: every sink of the account")
+    body: Any = Field(description="sent as is if a string, else JSON-encoded")
+    sign: bool = True
+    auth_token: str | None = Field(
+        None, description="sign with this token (HMAC-SHA1), not the account's token or key"
+    )
+    signature_override: str | None = None
+    signed_body: str | None = Field(None, description="hash and sign this body but send `body`")
+    include_body_sha256: bool = True
+    content_type: str = JSON_CONTENT_TYPE
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class FaultIn(ControlModel):
+    method: str | None = None
+    path_regex: str
+    status: int | None = Field(None, ge=400, le=599)
+    count: int | None = Field(None, ge=0, description="null: fault every matching request")
+    retry_after: float | None = Field(None, ge=0)
+    delay_ms: int | None = Field(None, ge=0, le=120_000)
+
+    @field_validator("path_regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+class ConfigPatch(ControlModel):
+    media_base_url: str | None = None
+    outbound_statuses: list[str] | None = None
+    outbound_status_delay_ms: int | None = Field(None, ge=0)
+    retry_backoff_ms: list[int] | None = None
+    delivery_timeout_ms: int | None = Field(None, ge=1)
+
+    @field_validator("outbound_statuses")
+    @classmethod
+    def _known_statuses(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _check_statuses(value)
+
+
+class DrainIn(ControlModel):
+    timeout_s: float = Field(10.0, ge=0, le=300)
+
+
+# Health, configuration, reset
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, bool]:
+    return {"ok": True}
+
+
+def _config_json(sim: Simulator) -> dict[str, Any]:
+    config = sim.config
+    return {
+        "media_base_url": config.media_base_url,
+        "outbound_statuses": list(config.outbound_statuses),
+        "outbound_status_delay_ms": round(config.outbound_status_delay_s * 1000),
+        "retry_backoff_ms": [round(delay * 1000) for delay in config.retry_backoff_s],
+        "delivery_timeout_ms": round(config.delivery_timeout_s * 1000),
+    }
+
+
+@router.get("/config")
+async def get_config(request: Request) -> dict[str, Any]:
+    return _config_json(simulator(request))
+
+
+@router.patch("/config")
+async def patch_config(patch: ConfigPatch, request: Request) -> dict[str, Any]:
+    """Change settings until the next reset; fields left out keep their value."""
+    sim = simulator(request)
+    config = sim.config
+    given = patch.model_fields_set
+    if "media_base_url" in given:
+        config.media_base_url = patch.media_base_url
+    if patch.outbound_statuses is not None:
+        config.outbound_statuses = tuple(patch.outbound_statuses)
+    if patch.outbound_status_delay_ms is not None:
+        config.outbound_status_delay_s = patch.outbound_status_delay_ms / 1000
+    if patch.retry_backoff_ms is not None:
+        config.retry_backoff_s = tuple(ms / 1000 for ms in patch.retry_backoff_ms)
+    if patch.delivery_timeout_ms is not None:
+        config.delivery_timeout_s = patch.delivery_timeout_ms / 1000
+    return _config_json(sim)
+
+
+@router.post("/reset")
+async def reset(request: Request) -> dict[str, bool]:
+    await simulator(request).reset()
+    return {"ok": True}
+
+
+@router.post("/drain")
+async def drain(request: Request, payload: DrainIn | None = None) -> dict[str, int]:
+    """Wait for background deliveries (API sends, sink tests, ``wait: false`` plays) to finish."""
+    timeout = payload.timeout_s if payload else DrainIn().timeout_s
+    return {"pending": await simulator(request).deliverer.drain(timeout)}
+
+
+# Accounts, numbers, sinks
+
+
+def _signing_key_json(key: SigningKey | None) -> dict[str, str] | None:
+    if key is None:
+        return None
+    return {"key_sid": key.key_sid, "secret": key.secret, "algorithm": key.algorithm}
+
+
+def _account_json(sim: Simulator, account: Account) -> dict[str, Any]:
+    return {
+        "sid": account.sid,
+        "auth_token": account.auth_token,
+        "friendly_name": account.friendly_name,
+        "status": account.status,
+        "signing_key": _signing_key_json(account.signing_key),
+        "numbers": [
+            {"sid": n.sid, "phone_number": n.phone_number, "friendly_name": n.friendly_name}
+            for n in sim.store.numbers_for(account.sid)
+        ],
+        "sinks": [
+            {
+                "sid": sink.sid,
+                "destination": sink.destination,
+                "batch_events": sink.batch_events,
+                "types": sorted(sim.store.subscribed_types(sink.sid)),
+            }
+            for sink in sim.store.sinks_for(account.sid)
+        ],
+    }
+
+
+@router.post("/accounts")
+async def create_account(
+    request: Request, response: Response, payload: AccountIn | None = None
+) -> dict[str, str]:
+    """Create an account (random SID/token if omitted); for an existing SID, update it."""
+    sim = simulator(request)
+    payload = payload or AccountIn()
+    account, created = sim.store.upsert_account(
+        payload.sid, payload.auth_token, payload.friendly_name
+    )
+    response.status_code = 201 if created else 200
+    return {
+        "sid": account.sid,
+        "auth_token": account.auth_token,
+        "friendly_name": account.friendly_name,
+    }
+
+
+@router.get("/accounts")
+async def list_accounts(request: Request) -> list[dict[str, Any]]:
+    sim = simulator(request)
+    return [_account_json(sim, account) for account in sim.store.accounts.values()]
+
+
+@router.get("/accounts/{account_sid}")
+async def get_account(account_sid: str, request: Request) -> dict[str, Any]:
+    sim = simulator(request)
+    return _account_json(sim, _account(sim, account_sid))
+
+
+@router.post("/accounts/{account_sid}/rotate-token")
+async def rotate_token(
+    account_sid: str, request: Request, payload: RotateTokenIn | None = None
+) -> dict[str, str]:
+    """Replace the auth token; requests and signatures with the old one stop working."""
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    token = sim.store.rotate_token(account, payload.auth_token if payload else None)
+    return {"auth_token": token}
+
+
+@router.put("/accounts/{account_sid}/signing-key")
+async def set_signing_key(
+    account_sid: str, request: Request, payload: SigningKeyIn | None = None
+) -> dict[str, str] | None:
+    """Sign this account's webhooks with a SharedKey, announced in a signature-settings header.
+
+    Until it is removed, deliveries carry ``X-Twilio-Webhooks-Signature-Settings:
+    key=<key_sid>,algorithm=<algorithm>`` and a signature made with the key's secret.
+    """
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    payload = payload or SigningKeyIn()
+    account.signing_key = SigningKey(
+        key_sid=payload.key_sid or f"webhooks_sharedkey_{secrets.token_hex(8)}",
+        secret=payload.secret or secrets.token_urlsafe(24),
+        algorithm=payload.algorithm,
+    )
+    return _signing_key_json(account.signing_key)
+
+
+@router.delete("/accounts/{account_sid}/signing-key", status_code=204)
+async def remove_signing_key(account_sid: str, request: Request) -> None:
+    """Back to signing with the auth token (HMAC-SHA1, no settings header)."""
+    _account(simulator(request), account_sid).signing_key = None
+
+
+@router.post("/accounts/{account_sid}/numbers", status_code=201)
+async def add_number(account_sid: str, payload: NumberIn, request: Request) -> dict[str, str]:
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    number = sim.store.upsert_number(account.sid, payload.phone_number, payload.friendly_name)
+    return {
+        "sid": number.sid,
+        "phone_number": number.phone_number,
+        "friendly_name": number.friendly_name,
+    }
+
+
+@router.post("/accounts/{account_sid}/sinks", status_code=201)
+async def add_sink(account_sid: str, payload: SinkIn, request: Request) -> dict[str, Any]:
+    """A webhook sink plus one subscription (all seven message types unless ``types`` given)."""
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    sink = sim.store.add_sink(
+        account.sid,
+        destination=payload.destination,
+        description=payload.description or "Simulator sink",
+        batch_events=payload.batch_events,
+    )
+    types = payload.types or list(MESSAGE_EVENT_TYPES)
+    subscription = sim.store.add_subscription(
+        account.sid, sink.sid, "Simulator subscription", dict.fromkeys(types, 1)
+    )
+    return {"sink_sid": sink.sid, "subscription_sid": subscription.sid, "types": types}
+
+
+# Traffic
+
+
+@router.post("/accounts/{account_sid}/console-sms", status_code=201)
+async def console_sms(account_sid: str, payload: ConsoleSmsIn, request: Request) -> dict:
+    """A message sent from the Twilio Console (or any other tool): the app did not send it."""
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    message = sim.create_message(
+        account,
+        from_=payload.from_,
+        to=payload.to,
+        body=payload.body,
+        direction="outbound-api",
+        status=highest_status(payload.statuses),
+        media_urls=payload.media_urls,
+        date_created=payload.date_created,
+        error_code=payload.error_code,
+    )
+    records = None
+    if payload.deliver:
+        events = sim.events_for(
+            message,
+            payload.statuses,
+            error_code=payload.error_code,
+            include_body=payload.include_body,
+        )
+        records = await sim.deliver(account.sid, events, payload.options(), wait=payload.wait)
+    return {"sid": message.sid, "message": message_json(message), "deliveries": _records(records)}
+
+
+@router.post("/accounts/{account_sid}/inbound-sms", status_code=201)
+async def inbound_sms(account_sid: str, payload: InboundSmsIn, request: Request) -> dict:
+    """A text from a phone to one of the account's numbers."""
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    message = sim.create_message(
+        account,
+        from_=payload.from_,
+        to=payload.to,
+        body=payload.body,
+        direction="inbound",
+        status="received",
+        media_urls=payload.media_urls,
+        date_created=payload.date_created,
+    )
+    records = None
+    if payload.deliver:
+        events = sim.events_for(message, ["received"])
+        records = await sim.deliver(account.sid, events, payload.options(), wait=payload.wait)
+    return {"sid": message.sid, "message": message_json(message), "deliveries": _records(records)}
+
+
+@router.post("/accounts/{account_sid}/messages", status_code=201)
+async def seed_messages(account_sid: str, payload: SeedMessagesIn, request: Request) -> dict:
+    """Create message history without sending any events (for imports and paging)."""
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    sids = []
+    for item in payload.messages:
+        status = item.status or ("received" if item.direction == "inbound" else "delivered")
+        message = sim.create_message(
+            account,
+            from_=item.from_,
+            to=item.to,
+            body=item.body,
+            direction=item.direction,
+            status=status,
+            media_urls=item.media_urls,
+            date_created=item.date_created,
+            error_code=item.error_code,
+        )
+        sids.append(message.sid)
+    return {"sids": sids}
+
+
+def _message(sim: Simulator, account: Account, message_sid: str) -> Message:
+    message = sim.store.messages.get(message_sid)
+    if message is None or message.account_sid != account.sid:
+        raise HTTPException(404, f"unknown message {message_sid} for account {account.sid}")
+    return message
+
+
+@router.post("/accounts/{account_sid}/messages/{message_sid}/events")
+async def message_events(
+    account_sid: str, message_sid: str, payload: MessageEventsIn, request: Request
+) -> dict[str, Any]:
+    """(Re)deliver events for an existing message; its stored status follows the furthest one."""
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    message = _message(sim, account, message_sid)
+    inbound = message.direction == "inbound"
+    if any((status == "received") != inbound for status in payload.statuses):
+        raise HTTPException(
+            400, "inbound messages take only 'received'; outbound ones only status events"
+        )
+    if not inbound:
+        message.apply_status(highest_status(payload.statuses), payload.error_code)
+    events = sim.events_for(
+        message, payload.statuses, error_code=payload.error_code, include_body=payload.include_body
+    )
+    records = await sim.deliver(account.sid, events, payload.options(), wait=payload.wait)
+    return {"sid": message.sid, "status": message.status, "deliveries": _records(records)}
+
+
+@router.post("/deliver-raw")
+async def deliver_raw(payload: DeliverRawIn, request: Request) -> dict[str, Any]:
+    """POST an arbitrary body to the account's sinks (or a destination), signed as Twilio would."""
+    sim = simulator(request)
+    account = sim.store.accounts.get(payload.account_sid) if payload.account_sid else None
+    if payload.account_sid and account is None and payload.destination is None:
+        raise HTTPException(404, f"unknown account {payload.account_sid}")
+    signer = None
+    if payload.auth_token:
+        signer = Signer(payload.auth_token)
+    elif account is not None:
+        signer = Signer.for_account(account)
+    if payload.sign and signer is None and payload.signature_override is None:
+        raise HTTPException(400, "signing needs an account_sid or an auth_token")
+    if payload.destination:
+        targets = [(None, payload.destination)]
+    elif account is not None:
+        targets = [(sink.sid, sink.destination) for sink in sim.store.sinks_for(account.sid)]
+    else:
+        targets = []
+    if not targets:
+        raise HTTPException(400, "no destination given and the account has no sinks")
+
+    body = payload.body if isinstance(payload.body, str) else json.dumps(payload.body)
+    events: list[dict[str, Any]] = []
+    try:
+        parsed = json.loads(body)
+        candidates = parsed if isinstance(parsed, list) else [parsed]
+        events = [event for event in candidates if isinstance(event, dict)]
+    except json.JSONDecodeError:
+        pass
+
+    results = []
+    for sink_sid, destination in targets:
+        record = await sim.deliverer.post_json(
+            kind="raw",
+            account_sid=payload.account_sid,
+            sink_sid=sink_sid,
+            destination=destination,
+            body=body,
+            signer=signer,
+            events=events,
+            retry=False,
+            sign_request=payload.sign,
+            signature_override=payload.signature_override,
+            signed_body=payload.signed_body,
+            include_body_sha256=payload.include_body_sha256,
+            content_type=payload.content_type,
+            extra_headers=payload.headers,
+        )
+        results.append(
+            {
+                "url": record.url,
+                "signature": record.signature,
+                "status_code": record.status_code,
+                "body": record.response_body,
+                "error": record.attempts[-1].error if record.attempts else None,
+                "duration_ms": record.to_json()["duration_ms"],
+            }
+        )
+    return {"results": results}
+
+
+# Faults
+
+
+@router.post("/faults", status_code=201)
+async def add_fault(payload: FaultIn, request: Request) -> dict[str, Any]:
+    """Fault matching Twilio API requests (``/2010-04-01``, ``/v1``); ``/_sim`` is never faulted."""
+    rule = simulator(request).faults.add(
+        path_regex=payload.path_regex,
+        method=payload.method,
+        status=payload.status,
+        count=payload.count,
+        retry_after=payload.retry_after,
+        delay_ms=payload.delay_ms,
+    )
+    return rule.to_json()
+
+
+@router.get("/faults")
+async def list_faults(request: Request) -> list[dict[str, Any]]:
+    return [rule.to_json() for rule in simulator(request).faults.rules()]
+
+
+@router.delete("/faults", status_code=204)
+async def clear_faults(request: Request) -> None:
+    simulator(request).faults.clear()
+
+
+@router.delete("/faults/{fault_id}", status_code=204)
+async def delete_fault(fault_id: int, request: Request) -> None:
+    if not simulator(request).faults.remove(fault_id):
+        raise HTTPException(404, f"unknown fault {fault_id}")
+
+
+# Logs and inspection
+
+
+@router.get("/requests")
+async def list_requests(
+    request: Request,
+    path_contains: str | None = None,
+    method: str | None = None,
+) -> list[dict[str, Any]]:
+    """Twilio API requests received, oldest first (the auth user is logged, never the token)."""
+    return [
+        entry
+        for entry in simulator(request).request_log
+        if (path_contains is None or path_contains in entry["path"])
+        and (method is None or entry["method"] == method.upper())
+    ]
+
+
+@router.delete("/requests", status_code=204)
+async def clear_requests(request: Request) -> None:
+    simulator(request).request_log.clear()
+
+
+@router.get("/deliveries")
+async def list_deliveries(
+    request: Request,
+    account_sid: str | None = None,
+    message_sid: str | None = None,
+    type: str | None = Query(None, description="only deliveries carrying this event type"),
+    include_body: bool = False,
+) -> list[dict[str, Any]]:
+    return [
+        record.to_json(include_body=include_body)
+        for record in simulator(request).deliverer.records
+        if (account_sid is None or record.account_sid == account_sid)
+        and (message_sid is None or message_sid in record.message_sids)
+        and (type is None or type in record.event_types)
+    ]
+
+
+@router.delete("/deliveries", status_code=204)
+async def clear_deliveries(request: Request) -> None:
+    simulator(request).deliverer.records.clear()
+
+
+@router.get("/messages")
+async def list_messages(request: Request, account_sid: str | None = None) -> list[dict[str, Any]]:
+    """Every stored message, newest first, in Twilio's JSON shape."""
+    return [message_json(m) for m in simulator(request).store.messages_for(account_sid)]
+
+
+@router.get("/media-fetches")
+async def list_media_fetches(request: Request) -> list[dict[str, Any]]:
+    """Downloads from ``/_sim/media-content``, noting whether credentials were sent along."""
+    return list(simulator(request).media_fetches)
+
+
+@router.delete("/media-fetches", status_code=204)
+async def clear_media_fetches(request: Request) -> None:
+    simulator(request).media_fetches.clear()
+
+
+@router.get("/media-content/{media_sid}")
+async def media_content(media_sid: str, request: Request) -> Response:
+    """The bytes behind a media redirect; plays the media host, which needs no credentials."""
+    sim = simulator(request)
+    media = sim.store.media.get(media_sid)
+    had_authorization = "authorization" in request.headers
+    if media is None:
+        sim.log_media_fetch(media_sid, had_authorization=had_authorization, status=404)
+        raise HTTPException(404, f"unknown media {media_sid}")
+    sim.log_media_fetch(media_sid, had_authorization=had_authorization, status=200)
+    return Response(content=media.content, media_type=media.content_type)
