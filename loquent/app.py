@@ -34,7 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.run_worker:
             from loquent.jobs.worker import Worker
 
-            worker = Worker(ctx)
+            worker = Worker(
+                db=ctx.db, notifier=ctx.notifier, settings=settings, box=ctx.box, http=ctx.http
+            )
             await worker.start()
         app.state.worker = worker
         try:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import typer
 
 from loquent.config import get_settings
+from loquent.simulator.cli import simulate_app
 
 app = typer.Typer(help="Loquent — an SMS inbox for your own Twilio account.", no_args_is_help=True)
 org_app = typer.Typer(help="Organizations.", no_args_is_help=True)
@@ -111,22 +112,12 @@ def demo(
 @app.command()
 def worker() -> None:
     """Run the background job worker on its own (production: as many as needed)."""
-    from loquent.context import AppContext
-    from loquent.jobs.worker import Worker
+    from loquent.jobs.worker import run_forever
     from loquent.logging import configure_logging
 
     settings = get_settings()
     configure_logging(json_logs=settings.log_json, level=settings.log_level)
-
-    async def main() -> None:
-        ctx = AppContext.from_settings(settings)
-        await ctx.start()
-        try:
-            await Worker(ctx).run_forever()
-        finally:
-            await ctx.close()
-
-    asyncio.run(main())
+    asyncio.run(run_forever(settings))
 
 
 # --- organizations --------------------------------------------------------------------------
@@ -266,15 +257,7 @@ def token_create(
     _emit({"token": token}, as_json, token)
 
 
-def _mount_optional() -> None:
-    try:
-        from loquent.simulator.cli import simulate_app
-    except ImportError:
-        return
-    app.add_typer(simulate_app, name="simulate", help="The bundled Twilio simulator.")
-
-
-_mount_optional()
+app.add_typer(simulate_app, name="simulate", help="The bundled Twilio simulator.")
 
 
 def main() -> None:
