@@ -43,11 +43,20 @@ def _sid(prefix: str) -> str:
 def _event(status: str, sid: str, account: str, to: str) -> dict[str, Any]:
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return {
-        "specversion": "1.0", "type": f"com.twilio.messaging.message.{status}",
-        "source": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json", "id": _sid("EZ"),
-        "datacontenttype": "application/json", "time": now,
-        "data": {"messageSid": sid, "timestamp": now, "accountSid": account,
-                 "from": LINE, "to": to, "messageStatus": status.upper()},
+        "specversion": "1.0",
+        "type": f"com.twilio.messaging.message.{status}",
+        "source": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
+        "id": _sid("EZ"),
+        "datacontenttype": "application/json",
+        "time": now,
+        "data": {
+            "messageSid": sid,
+            "timestamp": now,
+            "accountSid": account,
+            "from": LINE,
+            "to": to,
+            "messageStatus": status.upper(),
+        },
     }
 
 
@@ -67,17 +76,25 @@ class App:
 
     def cli(self, *args: str) -> dict[str, Any]:
         out = subprocess.run(
-            [sys.executable, "-m", "loquent.cli", *args, "--json"], env=self.env,
-            check=True, capture_output=True,
+            [sys.executable, "-m", "loquent.cli", *args, "--json"],
+            env=self.env,
+            check=True,
+            capture_output=True,
         ).stdout
         return json.loads(out)
 
     def start(self) -> None:
-        subprocess.run([sys.executable, "-m", "loquent.cli", "migrate"], env=self.env,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "loquent.cli", "migrate"],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "loquent.cli", "serve", "--port", str(self.port)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -102,11 +119,19 @@ class App:
             self.proc.wait(timeout=15)
 
 
-def _signed(app: App, events: list[dict[str, Any]], token: str) -> tuple[str, bytes, dict[str, str]]:
+def _signed(
+    app: App, events: list[dict[str, Any]], token: str
+) -> tuple[str, bytes, dict[str, str]]:
     body = json.dumps(events).encode()
     url = f"{app.url}/twilio/events?bodySHA256={hashlib.sha256(body).hexdigest()}"
-    return url, body, {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, {}),
-                       "Content-Type": "application/json"}
+    return (
+        url,
+        body,
+        {
+            "X-Twilio-Signature": RequestValidator(token).compute_signature(url, {}),
+            "Content-Type": "application/json",
+        },
+    )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -114,7 +139,9 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
 
 
-async def capture_load(app: App, account: str, token: str, total: int, concurrency: int) -> dict[str, Any]:
+async def capture_load(
+    app: App, account: str, token: str, total: int, concurrency: int
+) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -135,19 +162,30 @@ async def capture_load(app: App, account: str, token: str, total: int, concurren
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as http:
+    async with httpx.AsyncClient(
+        timeout=30, limits=httpx.Limits(max_connections=concurrency)
+    ) as http:
         await asyncio.gather(*[worker(http) for _ in range(concurrency)])
     elapsed = time.perf_counter() - started
     return {
-        "deliveries": total, "concurrency": concurrency, "seconds": round(elapsed, 2),
-        "events_per_second": round(total / elapsed, 1), "status_codes": statuses,
-        "latency_ms": {"p50": _pct(latencies, 0.5), "p95": _pct(latencies, 0.95),
-                       "p99": _pct(latencies, 0.99), "max": _pct(latencies, 1.0),
-                       "mean": round(statistics.mean(latencies) * 1000, 2)},
+        "deliveries": total,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 2),
+        "events_per_second": round(total / elapsed, 1),
+        "status_codes": statuses,
+        "latency_ms": {
+            "p50": _pct(latencies, 0.5),
+            "p95": _pct(latencies, 0.95),
+            "p99": _pct(latencies, 0.99),
+            "max": _pct(latencies, 1.0),
+            "mean": round(statistics.mean(latencies) * 1000, 2),
+        },
     }
 
 
-async def race(app: App, account: str, token: str, api_token: str, sids: int, burst: int) -> dict[str, Any]:
+async def race(
+    app: App, account: str, token: str, api_token: str, sids: int, burst: int
+) -> dict[str, Any]:
     started = time.perf_counter()
     made = []
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=burst)) as http:
@@ -155,57 +193,101 @@ async def race(app: App, account: str, token: str, api_token: str, sids: int, bu
             sid = _sid("SM")
             made.append(sid)
             to = f"+1415557{n:04d}"
-            requests = [_signed(app, [_event("sent" if i % 2 else "delivered", sid, account, to)], token)
-                        for i in range(burst)]
-            responses = await asyncio.gather(*[http.post(u, content=b, headers=h) for u, b, h in requests])
+            requests = [
+                _signed(app, [_event("sent" if i % 2 else "delivered", sid, account, to)], token)
+                for i in range(burst)
+            ]
+            responses = await asyncio.gather(
+                *[http.post(u, content=b, headers=h) for u, b, h in requests]
+            )
             assert all(r.status_code == 200 for r in responses), [r.status_code for r in responses]
         elapsed = time.perf_counter() - started
         rows = 0
         cursor = None
         while True:
-            page = (await http.get(app.url + "/api/contacts?limit=200" + (f"&cursor={cursor}" if cursor else ""),
-                                   headers={"Authorization": f"Bearer {api_token}"})).json()
+            page = (
+                await http.get(
+                    app.url + "/api/contacts?limit=200" + (f"&cursor={cursor}" if cursor else ""),
+                    headers={"Authorization": f"Bearer {api_token}"},
+                )
+            ).json()
             rows += sum(1 for c in page["items"] if c["phone"].startswith("+1415557"))
             cursor = page["next_cursor"]
             if not cursor:
                 break
-    return {"sids": sids, "burst": burst, "seconds": round(elapsed, 2),
-            "contacts_created": rows, "exactly_one_each": rows == sids}
+    return {
+        "sids": sids,
+        "burst": burst,
+        "seconds": round(elapsed, 2),
+        "contacts_created": rows,
+        "exactly_one_each": rows == sids,
+    }
 
 
-async def sse_latency(app: App, account: str, token: str, api_token: str, samples: int) -> dict[str, Any]:
+async def sse_latency(
+    app: App, account: str, token: str, api_token: str, samples: int
+) -> dict[str, Any]:
     latencies: list[float] = []
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=60)) as http:
-        async with http.stream("GET", app.url + "/api/events",
-                               headers={"Authorization": f"Bearer {api_token}"}) as stream:
-            lines = stream.aiter_lines()
-            await asyncio.sleep(0.3)
-            for i in range(samples):
-                url, body, headers = _signed(app, [_event("sent", _sid("SM"), account, f"+1415558{i:04d}")], token)
-                started = time.perf_counter()
-                await http.post(url, content=body, headers=headers)
-                async for line in lines:
-                    if line.startswith("event: messaging.message.new"):
-                        break
-                latencies.append(time.perf_counter() - started)
-    return {"samples": samples, "post_to_frame_ms": {"p50": _pct(latencies, 0.5),
-                                                     "p95": _pct(latencies, 0.95),
-                                                     "max": _pct(latencies, 1.0)}}
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(30, read=60)) as http,
+        http.stream(
+            "GET", app.url + "/api/events", headers={"Authorization": f"Bearer {api_token}"}
+        ) as stream,
+    ):
+        lines = stream.aiter_lines()
+        await asyncio.sleep(0.3)
+        for i in range(samples):
+            url, body, headers = _signed(
+                app, [_event("sent", _sid("SM"), account, f"+1415558{i:04d}")], token
+            )
+            started = time.perf_counter()
+            await http.post(url, content=body, headers=headers)
+            async for line in lines:
+                if line.startswith("event: messaging.message.new"):
+                    break
+            latencies.append(time.perf_counter() - started)
+    return {
+        "samples": samples,
+        "post_to_frame_ms": {
+            "p50": _pct(latencies, 0.5),
+            "p95": _pct(latencies, 0.95),
+            "max": _pct(latencies, 1.0),
+        },
+    }
 
 
-async def bench_backend(name: str, database_url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def bench_backend(
+    name: str, database_url: str, args: argparse.Namespace
+) -> dict[str, Any]:
     app = App(database_url, port=args.port)
     app.start()
     try:
         account = "AC" + secrets.token_hex(16)
         token = secrets.token_hex(16)
         env_token = {**app.env, "LOQUENT_TWILIO_AUTH_TOKEN": token}
-        org = json.loads(subprocess.run(
-            [sys.executable, "-m", "loquent.cli", "org", "create", "--name", "Bench",
-             "--twilio-account-sid", account, "--json"], env=env_token, check=True,
-            capture_output=True).stdout)["id"]
+        org = json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "loquent.cli",
+                    "org",
+                    "create",
+                    "--name",
+                    "Bench",
+                    "--twilio-account-sid",
+                    account,
+                    "--json",
+                ],
+                env=env_token,
+                check=True,
+                capture_output=True,
+            ).stdout
+        )["id"]
         app.cli("number", "add", "--org", str(org), LINE)
-        api_token = app.cli("token", "create", "--org", str(org), "--email", "bench@example.com")["token"]
+        api_token = app.cli("token", "create", "--org", str(org), "--email", "bench@example.com")[
+            "token"
+        ]
         rss_before = app.rss_mb()
         result = {
             "backend": name,
@@ -242,8 +324,11 @@ def main() -> None:
     (RESULTS / f"webhook-{stamp}.json").write_text(json.dumps(document, indent=2))
     (RESULTS / "latest.json").write_text(json.dumps(document, indent=2))
     print(json.dumps(document, indent=2))
-    failures = [r["backend"] for r in results if not r["race"]["exactly_one_each"]
-                or r["capture"]["latency_ms"]["p95"] > 2000]
+    failures = [
+        r["backend"]
+        for r in results
+        if not r["race"]["exactly_one_each"] or r["capture"]["latency_ms"]["p95"] > 2000
+    ]
     if failures:
         sys.exit(f"benchmark targets missed on: {failures}")
 

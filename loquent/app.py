@@ -12,8 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from loquent.config import Settings, get_settings
-from loquent.context import AppContext
 from loquent.contacts.api import router as contacts_router
+from loquent.context import AppContext
 from loquent.errors import install_error_handlers
 from loquent.logging import configure_logging
 from loquent.messaging.api import router as messages_router

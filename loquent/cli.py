@@ -78,11 +78,18 @@ def serve(
     if workers > 1 and not settings.redis_url:
         typer.echo(
             "warning: several processes without LOQUENT_REDIS_URL: live updates between "
-            "processes fall back to polling", err=True,
+            "processes fall back to polling",
+            err=True,
         )
     uvicorn.run(
-        "loquent.app:create_app", factory=True, host=host, port=port, workers=workers,
-        timeout_graceful_shutdown=5, proxy_headers=True, log_level=settings.log_level.lower(),
+        "loquent.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        timeout_graceful_shutdown=5,
+        proxy_headers=True,
+        log_level=settings.log_level.lower(),
     )
 
 
@@ -94,7 +101,9 @@ def demo(
     fresh: bool = typer.Option(False, "--fresh", help="Start from an empty SQLite database."),
     scenario: bool = typer.Option(True, "--scenario/--no-scenario", help="Play the scenario."),
     wait_for_viewer: float = typer.Option(
-        30.0, "--wait-for-viewer", min=0,
+        30.0,
+        "--wait-for-viewer",
+        min=0,
         help="Seconds to wait for a browser to open the inbox before the scenario (0: none).",
     ),
 ) -> None:
@@ -103,7 +112,11 @@ def demo(
 
     run_demo(
         DemoOptions(
-            host=host, port=port, sim_port=sim_port, fresh=fresh, play_scenario=scenario,
+            host=host,
+            port=port,
+            sim_port=sim_port,
+            fresh=fresh,
+            play_scenario=scenario,
             wait_for_viewer_seconds=wait_for_viewer,
         )
     )
@@ -147,11 +160,16 @@ def org_create(
         _fail("give both --twilio-account-sid and an auth token, or neither")
 
     async def work(session: Any, ctx: Any) -> int:
-        if twilio_account_sid and await service.find_org_by_account_sid(session, twilio_account_sid):
+        if twilio_account_sid and await service.find_org_by_account_sid(
+            session, twilio_account_sid
+        ):
             _fail("that Twilio account is already connected to another organization")
         org = await service.create_organization(
-            session, ctx.box, name=name.strip(),
-            twilio_account_sid=twilio_account_sid, twilio_auth_token=token,
+            session,
+            ctx.box,
+            name=name.strip(),
+            twilio_account_sid=twilio_account_sid,
+            twilio_auth_token=token,
         )
         return org.id
 
@@ -262,5 +280,7 @@ app.add_typer(simulate_app, name="simulate", help="The bundled Twilio simulator.
 
 def main() -> None:
     app()
+
+
 if __name__ == "__main__":
     main()

@@ -28,9 +28,7 @@ class AppContext:
             db=Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms),
             notifier=build_notifier(settings.redis_url),
             box=SecretBox(settings.secret_keys),
-            http=httpx.AsyncClient(
-                timeout=settings.twilio_timeout_seconds, follow_redirects=False
-            ),
+            http=httpx.AsyncClient(timeout=settings.twilio_timeout_seconds, follow_redirects=False),
         )
 
     async def start(self) -> None:

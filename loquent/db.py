@@ -86,8 +86,10 @@ def is_storage_outage(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, TimeoutError, ConnectionError, StorageUnavailable)):
         return True
     if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
-        return bool(exc.connection_invalidated) or "locked" in str(exc.orig) or (
-            exc.__class__.__name__ in {"OperationalError", "InterfaceError"}
+        return (
+            bool(exc.connection_invalidated)
+            or "locked" in str(exc.orig)
+            or (exc.__class__.__name__ in {"OperationalError", "InterfaceError"})
         )
     return False
 
@@ -124,7 +126,10 @@ class Database:
             self.read_engine = _sqlite_engine(url, immediate=False, busy_timeout_ms=busy_timeout_ms)
         else:
             self.engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
                 pool_timeout=5,
             )
             self.read_engine = self.engine

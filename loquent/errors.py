@@ -53,7 +53,8 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, "http_error"
         )
         return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code,
+            error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
@@ -63,7 +64,8 @@ def install_error_handlers(app: FastAPI) -> None:
             log.warning("storage.unavailable", path=request.url.path, error=type(exc).__name__)
             return JSONResponse(
                 error_body("storage_unavailable", "storage is unavailable, retry later"),
-                status_code=503, headers={"Retry-After": "5"},
+                status_code=503,
+                headers={"Retry-After": "5"},
             )
         log.exception("request.failed", path=request.url.path)
         return JSONResponse(error_body("internal_error", "internal error"), status_code=500)

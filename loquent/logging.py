@@ -10,7 +10,9 @@ from typing import Any
 
 import structlog
 
-_SECRET_KEYS = re.compile(r"(auth_?token|password|secret|authorization|api_?key|cookie|token)", re.I)
+_SECRET_KEYS = re.compile(
+    r"(auth_?token|password|secret|authorization|api_?key|cookie|token)", re.I
+)
 _BASIC_AUTH = re.compile(r"(Basic|Bearer)\s+[A-Za-z0-9+/=._~-]+", re.I)
 _URL_CREDENTIALS = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
 REDACTED = "[redacted]"
@@ -46,7 +48,9 @@ class _RedactingFilter(logging.Filter):
 
 def configure_logging(*, json_logs: bool = False, level: str = "INFO") -> None:
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if json_logs
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[

@@ -118,8 +118,13 @@ class Stack:
         return self.orgs[0]
 
     async def post_events(
-        self, events: Any, *, org: Org | None = None, token: str | None = None,
-        headers: dict[str, str] | None = None, client: httpx.AsyncClient | None = None,
+        self,
+        events: Any,
+        *,
+        org: Org | None = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
     ) -> httpx.Response:
         org = org or self.org
         url, body, signed = signed_request(self.url, events, token or org.auth_token)
@@ -153,7 +158,10 @@ class Stack:
         box = SecretBox(self.settings.secret_keys)
         async with self.db.session() as session:
             org = await orgs.create_organization(
-                session, box, name=name, twilio_account_sid=account_sid,
+                session,
+                box,
+                name=name,
+                twilio_account_sid=account_sid,
                 twilio_auth_token=auth_token,
             )
             for number in lines:

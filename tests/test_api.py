@@ -37,18 +37,36 @@ async def test_conversation_pages_backwards_oldest_first(stack: Stack) -> None:
     contact_id = (await stack.get("/api/contacts")).json()["items"][0]["id"]
     page = (await stack.get(f"/api/contacts/{contact_id}/messages?limit=2")).json()
     assert [m["external_id"] for m in page["items"]] == sids[3:]
-    older = (await stack.get(
-        f"/api/contacts/{contact_id}/messages?limit=2&before={page['next_cursor']}")).json()
+    older = (
+        await stack.get(f"/api/contacts/{contact_id}/messages?limit=2&before={page['next_cursor']}")
+    ).json()
     assert [m["external_id"] for m in older["items"]] == sids[1:3]
-    oldest = (await stack.get(
-        f"/api/contacts/{contact_id}/messages?limit=2&before={older['next_cursor']}")).json()
+    oldest = (
+        await stack.get(
+            f"/api/contacts/{contact_id}/messages?limit=2&before={older['next_cursor']}"
+        )
+    ).json()
     assert [m["external_id"] for m in oldest["items"]] == sids[:1]
     assert oldest["next_cursor"] is None
     message = oldest["items"][0]
     assert set(message) == {
-        "id", "organization_id", "contact_id", "phone_number_id", "channel", "direction",
-        "from_address", "to_address", "body", "body_state", "status", "error_code", "source",
-        "external_id", "num_media", "created_at", "updated_at",
+        "id",
+        "organization_id",
+        "contact_id",
+        "phone_number_id",
+        "channel",
+        "direction",
+        "from_address",
+        "to_address",
+        "body",
+        "body_state",
+        "status",
+        "error_code",
+        "source",
+        "external_id",
+        "num_media",
+        "created_at",
+        "updated_at",
     }
 
 

@@ -29,16 +29,25 @@ async def flow(database_url: str) -> AsyncIterator[tuple[Stack, Sim]]:
     sim = Sim(sim_server.url)
     try:
         async with running_stack(
-            database_url, run_worker=True, twilio_api_base=sim_server.url,
+            database_url,
+            run_worker=True,
+            twilio_api_base=sim_server.url,
             twilio_events_api_base=sim_server.url,
         ) as stack:
-            await sim.call("POST", "/accounts", {"sid": stack.org.account_sid,
-                                                 "auth_token": stack.org.auth_token})
+            await sim.call(
+                "POST",
+                "/accounts",
+                {"sid": stack.org.account_sid, "auth_token": stack.org.auth_token},
+            )
             for number in stack.org.lines:
-                await sim.call("POST", f"/accounts/{stack.org.account_sid}/numbers",
-                               {"phone_number": number})
-            await sim.call("POST", f"/accounts/{stack.org.account_sid}/sinks",
-                           {"destination": f"{stack.url}/twilio/events"})
+                await sim.call(
+                    "POST", f"/accounts/{stack.org.account_sid}/numbers", {"phone_number": number}
+                )
+            await sim.call(
+                "POST",
+                f"/accounts/{stack.org.account_sid}/sinks",
+                {"destination": f"{stack.url}/twilio/events"},
+            )
             stack.sim_url = sim_server.url
             yield stack, sim
     finally:
@@ -72,8 +81,9 @@ async def settled(stack: Stack, sid: str) -> Message:
 async def test_console_sms_arrives_then_gets_its_body_live(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
     async with sse(stack, stack.org) as stream:
-        sent = await sim.console_sms(stack.org.account_sid, **{
-            "from": LINE, "to": CUSTOMER, "body": "Sent from the console"})
+        sent = await sim.console_sms(
+            stack.org.account_sid, **{"from": LINE, "to": CUSTOMER, "body": "Sent from the console"}
+        )
         sid = sent["sid"]
         new = await stream.next()
         assert new["event"] == "messaging.message.new"
@@ -97,11 +107,18 @@ async def test_fifty_concurrent_events_make_one_row_one_new_event_one_fetch(
     from loquent.realtime.models import EventLogEntry
 
     stack, sim = flow
-    sent = await sim.console_sms(stack.org.account_sid, deliver=False, **{
-        "from": LINE, "to": CUSTOMER, "body": "raced"})
+    sent = await sim.console_sms(
+        stack.org.account_sid, deliver=False, **{"from": LINE, "to": CUSTOMER, "body": "raced"}
+    )
     sid = sent["sid"]
-    result = await sim.events(stack.org.account_sid, sid, statuses=["sent", "delivered"],
-                              duplicate=25, concurrent=True, shuffle=True)
+    result = await sim.events(
+        stack.org.account_sid,
+        sid,
+        statuses=["sent", "delivered"],
+        duplicate=25,
+        concurrent=True,
+        shuffle=True,
+    )
     codes = [d["status_code"] for d in result["deliveries"]]
     assert len(codes) == 50 and set(codes) == {200}
     row = await settled(stack, sid)
@@ -114,10 +131,16 @@ async def test_fifty_concurrent_events_make_one_row_one_new_event_one_fetch(
 
 async def test_429_waits_for_retry_after_then_fetches(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
-    await sim.fault(path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", status=429,
-                    count=1, retry_after=1)
-    sid = (await sim.console_sms(stack.org.account_sid, statuses=["sent"], **{
-        "from": LINE, "to": CUSTOMER, "body": "after a pause"}))["sid"]
+    await sim.fault(
+        path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", status=429, count=1, retry_after=1
+    )
+    sid = (
+        await sim.console_sms(
+            stack.org.account_sid,
+            statuses=["sent"],
+            **{"from": LINE, "to": CUSTOMER, "body": "after a pause"},
+        )
+    )["sid"]
     row = await settled(stack, sid)
     assert (row.body_state, row.body) == ("ready", "after a pause")
     fetches = await sim.fetches(sid)
@@ -129,8 +152,13 @@ async def test_429_waits_for_retry_after_then_fetches(flow: tuple[Stack, Sim]) -
 async def test_three_500s_then_success(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
     await sim.fault(path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", status=500, count=3)
-    sid = (await sim.console_sms(stack.org.account_sid, statuses=["sent"], **{
-        "from": LINE, "to": CUSTOMER, "body": "persistence"}))["sid"]
+    sid = (
+        await sim.console_sms(
+            stack.org.account_sid,
+            statuses=["sent"],
+            **{"from": LINE, "to": CUSTOMER, "body": "persistence"},
+        )
+    )["sid"]
     row = await settled(stack, sid)
     assert (row.body_state, row.body) == ("ready", "persistence")
     assert [f["status"] for f in await sim.fetches(sid)] == [500, 500, 500, 200]
@@ -139,11 +167,17 @@ async def test_three_500s_then_success(flow: tuple[Stack, Sim]) -> None:
 async def test_a_slow_answer_times_out_and_is_retried(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
     # The app's Twilio timeout is 2 s in tests.
-    fault = await sim.fault(path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET",
-                            delay_ms=3500, count=1)
+    fault = await sim.fault(
+        path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", delay_ms=3500, count=1
+    )
     started = asyncio.get_running_loop().time()
-    sid = (await sim.console_sms(stack.org.account_sid, statuses=["sent"], **{
-        "from": LINE, "to": CUSTOMER, "body": "slowly"}))["sid"]
+    sid = (
+        await sim.console_sms(
+            stack.org.account_sid,
+            statuses=["sent"],
+            **{"from": LINE, "to": CUSTOMER, "body": "slowly"},
+        )
+    )["sid"]
     row = await settled(stack, sid)
     assert (row.body_state, row.body) == ("ready", "slowly")
     [used] = [f for f in await sim.call("GET", "/faults") if f["id"] == fault["id"]]
@@ -155,8 +189,13 @@ async def test_404_ends_failed_and_the_feed_is_told(flow: tuple[Stack, Sim]) -> 
     stack, sim = flow
     await sim.fault(path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", status=404)
     async with sse(stack, stack.org) as stream:
-        sid = (await sim.console_sms(stack.org.account_sid, statuses=["sent"], **{
-            "from": LINE, "to": CUSTOMER, "body": "lost"}))["sid"]
+        sid = (
+            await sim.console_sms(
+                stack.org.account_sid,
+                statuses=["sent"],
+                **{"from": LINE, "to": CUSTOMER, "body": "lost"},
+            )
+        )["sid"]
         row = await settled(stack, sid)
         assert (row.body_state, row.body) == ("failed", None)
         frames = [await stream.next() for _ in range(2)]
@@ -167,14 +206,21 @@ async def test_404_ends_failed_and_the_feed_is_told(flow: tuple[Stack, Sim]) -> 
 async def test_401_pauses_the_org_until_it_reconnects(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
     rotated = await sim.call("POST", f"/accounts/{stack.org.account_sid}/rotate-token", {})
-    sid = (await sim.console_sms(stack.org.account_sid, statuses=["sent"], deliver=False, **{
-        "from": LINE, "to": CUSTOMER, "body": "after reconnecting"}))["sid"]
+    sid = (
+        await sim.console_sms(
+            stack.org.account_sid,
+            statuses=["sent"],
+            deliver=False,
+            **{"from": LINE, "to": CUSTOMER, "body": "after reconnecting"},
+        )
+    )["sid"]
     # The sink still signs with the old token from the app's point of view: post the event
     # ourselves with the token the app knows.
     from tests.support.twilio import status_event
 
-    await stack.post_events([status_event("sent", sid=sid, account=stack.org.account_sid,
-                                          from_=LINE, to=CUSTOMER)])
+    await stack.post_events(
+        [status_event("sent", sid=sid, account=stack.org.account_sid, from_=LINE, to=CUSTOMER)]
+    )
 
     async def flagged() -> bool:
         [org] = await stack.rows(Organization, Organization.id == stack.org.id)
@@ -190,9 +236,13 @@ async def test_401_pauses_the_org_until_it_reconnects(flow: tuple[Stack, Sim]) -
     async with stack.db.session() as session:  # the owner reconnects with the new token
         org = await session.get(Organization, stack.org.id)
         assert org is not None
-        await set_twilio_credentials(session, SecretBox(stack.settings.secret_keys), org,
-                                     account_sid=stack.org.account_sid,
-                                     auth_token=rotated["auth_token"])
+        await set_twilio_credentials(
+            session,
+            SecretBox(stack.settings.secret_keys),
+            org,
+            account_sid=stack.org.account_sid,
+            auth_token=rotated["auth_token"],
+        )
         await session.commit()
     row = await settled(stack, sid)
     assert (row.body_state, row.body) == ("ready", "after reconnecting")
@@ -200,10 +250,16 @@ async def test_401_pauses_the_org_until_it_reconnects(flow: tuple[Stack, Sim]) -
 
 async def test_inbound_sms_through_the_sink(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
-    sent = await sim.call("POST", f"/accounts/{stack.org.account_sid}/inbound-sms",
-                          {"from": CUSTOMER, "to": LINE, "body": "hi there " + secrets.token_hex(2),
-                           "wait": True})
+    sent = await sim.call(
+        "POST",
+        f"/accounts/{stack.org.account_sid}/inbound-sms",
+        {"from": CUSTOMER, "to": LINE, "body": "hi there " + secrets.token_hex(2), "wait": True},
+    )
     row = await eventually(lambda: message(stack, sent["sid"]))
     assert (row.direction, row.source, row.status, row.body_state) == (
-        "inbound", "loquent", "received", "ready")
+        "inbound",
+        "loquent",
+        "received",
+        "ready",
+    )
     assert row.body.startswith("hi there")

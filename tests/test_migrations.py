@@ -20,21 +20,31 @@ BEFORE_SOURCE = "m20260301_000000"
 async def _seed_old_rows(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        await conn.execute(text(
-            "INSERT INTO organization (id, name, created_at, twilio_credentials_valid, "
-            "sms_events_active, signature_failures, unmatched_events) "
-            "VALUES (1, 'Old', CURRENT_TIMESTAMP, true, false, 0, 0)"))
-        await conn.execute(text(
-            "INSERT INTO contact (id, organization_id, first_name, last_name, source, created_at, "
-            "updated_at) VALUES (1, 1, 'Ada', '', 'manual', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        await conn.execute(
+            text(
+                "INSERT INTO organization (id, name, created_at, twilio_credentials_valid, "
+                "sms_events_active, signature_failures, unmatched_events) "
+                "VALUES (1, 'Old', CURRENT_TIMESTAMP, true, false, 0, 0)"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO contact (id, organization_id, first_name, last_name, source, "
+                "created_at, updated_at) "
+                "VALUES (1, 1, 'Ada', '', 'manual', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
         for i in (1, 2):
-            await conn.execute(text(
-                "INSERT INTO message (id, organization_id, contact_id, channel, direction, "
-                "from_address, to_address, body, status, external_id, num_media, created_at, "
-                "updated_at, body_state, body_attempts) VALUES (:id, 1, 1, 'sms', 'inbound', "
-                "'+14155550199', '+14155550100', :body, 'received', :sid, 0, CURRENT_TIMESTAMP, "
-                "CURRENT_TIMESTAMP, 'ready', 0)"),
-                {"id": i, "body": f"old {i}", "sid": f"SM{i:032d}"})
+            await conn.execute(
+                text(
+                    "INSERT INTO message (id, organization_id, contact_id, channel, direction, "
+                    "from_address, to_address, body, status, external_id, num_media, "
+                    "created_at, updated_at, body_state, body_attempts) "
+                    "VALUES (:id, 1, 1, 'sms', 'inbound', '+14155550199', '+14155550100', "
+                    ":body, 'received', :sid, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'ready', 0)"
+                ),
+                {"id": i, "body": f"old {i}", "sid": f"SM{i:032d}"},
+            )
     await engine.dispose()
 
 

@@ -7,24 +7,33 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loquent.twilio.payloads import PayloadError, message_data, parse_delivery, is_handled
 from loquent.messaging.statuses import should_advance
+from loquent.twilio.payloads import PayloadError, is_handled, message_data, parse_delivery
 
 ACCOUNT = "AC" + "a" * 32
 SID = "SM" + "b" * 32
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
 
 def _valid_event() -> dict:
     return {
-        "specversion": "1.0", "type": "com.twilio.messaging.message.sent", "id": "EZ1",
-        "source": "x", "data": {"messageSid": SID, "accountSid": ACCOUNT,
-                                "from": "+14155550100", "to": "+14155550199"},
+        "specversion": "1.0",
+        "type": "com.twilio.messaging.message.sent",
+        "id": "EZ1",
+        "source": "x",
+        "data": {
+            "messageSid": SID,
+            "accountSid": ACCOUNT,
+            "from": "+14155550100",
+            "to": "+14155550199",
+        },
     }
 
 
@@ -47,10 +56,17 @@ def test_arbitrary_json_documents(document: object) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from(["type", "id", "data", "time"]) | st.text(max_size=8), json_values,
-       st.sampled_from(["messageSid", "accountSid", "from", "to", "body", "errorCode", "numMedia",
-                        "timestamp"]), json_values)
-def test_mutated_valid_events(top_key: str, top_value: object, data_key: str, data_value: object) -> None:
+@given(
+    st.sampled_from(["type", "id", "data", "time"]) | st.text(max_size=8),
+    json_values,
+    st.sampled_from(
+        ["messageSid", "accountSid", "from", "to", "body", "errorCode", "numMedia", "timestamp"]
+    ),
+    json_values,
+)
+def test_mutated_valid_events(
+    top_key: str, top_value: object, data_key: str, data_value: object
+) -> None:
     event = _valid_event()
     event[top_key] = top_value
     if isinstance(event.get("data"), dict):
@@ -66,7 +82,11 @@ def test_mutated_valid_events(top_key: str, top_value: object, data_key: str, da
 def test_a_valid_event_parses() -> None:
     [event] = parse_delivery(json.dumps(_valid_event()).encode())
     data = message_data(event)
-    assert (event.account_sid, data.message_sid, data.from_address) == (ACCOUNT, SID, "+14155550100")
+    assert (event.account_sid, data.message_sid, data.from_address) == (
+        ACCOUNT,
+        SID,
+        "+14155550100",
+    )
 
 
 def test_status_order_never_regresses() -> None:

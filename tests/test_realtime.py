@@ -19,8 +19,9 @@ LINE = "+14155550100"
 class SseClient:
     """Reads frames from a real SSE connection into a queue."""
 
-    def __init__(self, stack: Stack, org: Org, headers: dict[str, str] | None = None,
-                 query: str = "") -> None:
+    def __init__(
+        self, stack: Stack, org: Org, headers: dict[str, str] | None = None, query: str = ""
+    ) -> None:
         self.url = f"{stack.url}/api/events{query}"
         self.headers = {"Authorization": f"Bearer {org.api_token}", **(headers or {})}
         self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -29,21 +30,23 @@ class SseClient:
         self._ready = asyncio.Event()
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=60)) as http:
-            async with http.stream("GET", self.url, headers=self.headers) as response:
-                self.status = response.status_code
-                self._ready.set()
-                frame: dict[str, Any] = {}
-                async for line in response.aiter_lines():
-                    if line == "":
-                        if "event" in frame or "data" in frame:
-                            await self.frames.put(frame)
-                        frame = {}
-                    elif line.startswith(":"):
-                        continue
-                    else:
-                        key, _, value = line.partition(":")
-                        frame[key] = value.lstrip(" ")
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(30, read=60)) as http,
+            http.stream("GET", self.url, headers=self.headers) as response,
+        ):
+            self.status = response.status_code
+            self._ready.set()
+            frame: dict[str, Any] = {}
+            async for line in response.aiter_lines():
+                if line == "":
+                    if "event" in frame or "data" in frame:
+                        await self.frames.put(frame)
+                    frame = {}
+                elif line.startswith(":"):
+                    continue
+                else:
+                    key, _, value = line.partition(":")
+                    frame[key] = value.lstrip(" ")
 
     async def __aenter__(self) -> SseClient:
         self._task = asyncio.create_task(self._run())
@@ -79,8 +82,9 @@ async def sse(stack: Stack, org: Org, **kw: Any) -> AsyncIterator[SseClient]:
 
 def event(stack: Stack, status: str, sid: str, org: Org | None = None) -> dict[str, Any]:
     org = org or stack.org
-    return status_event(status, sid=sid, account=org.account_sid, from_=org.lines[0],
-                        to="+14155550199")
+    return status_event(
+        status, sid=sid, account=org.account_sid, from_=org.lines[0], to="+14155550199"
+    )
 
 
 async def test_client_sees_new_then_status_with_the_message(stack: Stack) -> None:
@@ -149,7 +153,8 @@ async def test_stream_requires_authentication(stack: Stack) -> None:
     async with httpx.AsyncClient() as http:
         response = await http.get(f"{stack.url}/api/events")
         assert response.status_code == 401
-        bad = await http.get(f"{stack.url}/api/events",
-                             headers={"Authorization": f"Bearer {stack.org.api_token}",
-                                      "Last-Event-ID": "abc"})
+        bad = await http.get(
+            f"{stack.url}/api/events",
+            headers={"Authorization": f"Bearer {stack.org.api_token}", "Last-Event-ID": "abc"},
+        )
         assert bad.status_code == 400

@@ -39,12 +39,22 @@ async def test_an_event_posted_to_one_process_wakes_a_stream_on_another(
         )
         await asyncio.to_thread(second_server.start)
         try:
-            second = Stack(url=second_server.url, db=first.db, settings=first.settings,
-                           server=second_server, orgs=first.orgs)
+            second = Stack(
+                url=second_server.url,
+                db=first.db,
+                settings=first.settings,
+                server=second_server,
+                orgs=first.orgs,
+            )
             async with sse(second, first.org) as stream:
                 started = time.monotonic()
-                event = status_event("sent", sid=new_sid("SM"), account=first.org.account_sid,
-                                     from_=first.org.lines[0], to="+14155550199")
+                event = status_event(
+                    "sent",
+                    sid=new_sid("SM"),
+                    account=first.org.account_sid,
+                    from_=first.org.lines[0],
+                    to="+14155550199",
+                )
                 assert (await first.post_events([event])).status_code == 200
                 frame = await stream.next(timeout=10)
                 assert frame["event"] == "messaging.message.new"

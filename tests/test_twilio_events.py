@@ -23,8 +23,13 @@ FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "event-s
 
 
 def sent(stack: Stack, sid: str, status: str = "sent", **kw: str) -> dict:
-    return status_event(status, sid=sid, account=stack.org.account_sid,
-                        from_=kw.get("from_", LINE), to=kw.get("to", CUSTOMER))
+    return status_event(
+        status,
+        sid=sid,
+        account=stack.org.account_sid,
+        from_=kw.get("from_", LINE),
+        to=kw.get("to", CUSTOMER),
+    )
 
 
 async def nothing_written(stack: Stack) -> None:
@@ -34,10 +39,21 @@ async def nothing_written(stack: Stack) -> None:
 
 
 async def test_fixture_batch_creates_external_and_inbound_messages(stack: Stack) -> None:
-    text = FIXTURE.read_text() if FIXTURE.exists() else json.dumps(
-        [sent(stack, new_sid("SM")), inbound_event(
-            sid=new_sid("SM"), account=stack.org.account_sid, from_=CUSTOMER, to=LINE,
-            body="Thanks, got it")]
+    text = (
+        FIXTURE.read_text()
+        if FIXTURE.exists()
+        else json.dumps(
+            [
+                sent(stack, new_sid("SM")),
+                inbound_event(
+                    sid=new_sid("SM"),
+                    account=stack.org.account_sid,
+                    from_=CUSTOMER,
+                    to=LINE,
+                    body="Thanks, got it",
+                ),
+            ]
+        )
     )
     batch = json.loads(text)
     for event in batch:
@@ -48,10 +64,18 @@ async def test_fixture_batch_creates_external_and_inbound_messages(stack: Stack)
 
     outbound, inbound = await stack.rows(Message)
     assert (outbound.direction, outbound.source, outbound.body, outbound.body_state) == (
-        "outbound", "external", None, "pending")
+        "outbound",
+        "external",
+        None,
+        "pending",
+    )
     assert outbound.status == "sent"
     assert (inbound.direction, inbound.source, inbound.body, inbound.status) == (
-        "inbound", "loquent", "Thanks, got it", "received")
+        "inbound",
+        "loquent",
+        "Thanks, got it",
+        "received",
+    )
     assert outbound.contact_id == inbound.contact_id
     [phone] = await stack.rows(ContactPhone)
     assert phone.number == CUSTOMER
@@ -68,18 +92,26 @@ async def test_external_outbound_uses_the_org_line_as_sender(stack: Stack) -> No
     assert response.status_code == 200
     [message] = await stack.rows(Message)
     assert (message.direction, message.from_address, message.to_address) == (
-        "outbound", LINE, CUSTOMER)
+        "outbound",
+        LINE,
+        CUSTOMER,
+    )
     assert message.external_id == sid
     [phone] = await stack.rows(ContactPhone)
     assert phone.number == CUSTOMER and phone.contact_id == message.contact_id
 
 
 async def test_external_inbound_when_the_recipient_is_an_org_line(stack: Stack) -> None:
-    response = await stack.post_events([sent(stack, new_sid("SM"), "delivered",
-                                             from_="+442071838750", to="+14155550101")])
+    response = await stack.post_events(
+        [sent(stack, new_sid("SM"), "delivered", from_="+442071838750", to="+14155550101")]
+    )
     assert response.status_code == 200
     [message] = await stack.rows(Message)
-    assert (message.direction, message.status, message.source) == ("inbound", "delivered", "external")
+    assert (message.direction, message.status, message.source) == (
+        "inbound",
+        "delivered",
+        "external",
+    )
     [phone] = await stack.rows(ContactPhone)
     assert phone.number == "+442071838750"
 
@@ -129,10 +161,12 @@ async def test_failed_status_records_the_error_code(stack: Stack) -> None:
 async def test_fifty_concurrent_deliveries_of_one_new_sid_make_one_row(stack: Stack) -> None:
     sid = new_sid("SM")
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=50)) as http:
-        responses = await asyncio.gather(*[
-            stack.post_events([sent(stack, sid, "sent" if i % 2 else "delivered")], client=http)
-            for i in range(50)
-        ])
+        responses = await asyncio.gather(
+            *[
+                stack.post_events([sent(stack, sid, "sent" if i % 2 else "delivered")], client=http)
+                for i in range(50)
+            ]
+        )
     assert [r.status_code for r in responses] == [200] * 50
     assert sorted(r.json()["results"][0] for r in responses).count("created") == 1
     [message] = await stack.rows(Message)
@@ -148,7 +182,10 @@ async def test_event_body_is_stored_and_enrichment_skipped(stack: Stack) -> None
     await stack.post_events([event])
     [message] = await stack.rows(Message)
     assert (message.body, message.body_state, message.body_next_attempt_at) == (
-        "hello from elsewhere", "ready", None)
+        "hello from elsewhere",
+        "ready",
+        None,
+    )
 
 
 async def test_data_may_arrive_as_a_json_string(stack: Stack) -> None:
@@ -170,9 +207,14 @@ async def test_unhandled_types_are_acknowledged_and_ignored(stack: Stack) -> Non
 
 async def test_sink_test_event_marks_the_sink_verified(stack: Stack) -> None:
     event = {
-        "specversion": "1.0", "type": "com.twilio.eventstreams.test-event", "source": "Sink",
-        "id": stack.org.account_sid, "dataschema": None, "datacontenttype": "application/json",
-        "time": "2026-11-23T10:00:00.000Z", "data": {"test": "ok"},
+        "specversion": "1.0",
+        "type": "com.twilio.eventstreams.test-event",
+        "source": "Sink",
+        "id": stack.org.account_sid,
+        "dataschema": None,
+        "datacontenttype": "application/json",
+        "time": "2026-11-23T10:00:00.000Z",
+        "data": {"test": "ok"},
     }
     response = await stack.post_events([event])
     assert response.status_code == 200, response.text
@@ -221,7 +263,9 @@ async def test_url_without_body_hash_is_refused(stack: Stack) -> None:
 
 
 async def test_tampered_body_is_refused(stack: Stack) -> None:
-    url, body, headers = signed_request(stack.url, [sent(stack, new_sid("SM"))], stack.org.auth_token)
+    url, body, headers = signed_request(
+        stack.url, [sent(stack, new_sid("SM"))], stack.org.auth_token
+    )
     tampered = body.replace(CUSTOMER.encode(), b"+14155550198")
     async with httpx.AsyncClient() as http:
         response = await http.post(url, content=tampered, headers=headers)

@@ -12,7 +12,9 @@ from loquent.db import Base, UtcDateTime, utcnow
 
 class Contact(Base):
     __tablename__ = "contact"
-    __table_args__ = (Index("ix_contact_org_last_contacted", "organization_id", "last_contacted_at"),)
+    __table_args__ = (
+        Index("ix_contact_org_last_contacted", "organization_id", "last_contacted_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id", ondelete="CASCADE"))

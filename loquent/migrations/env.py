@@ -47,7 +47,9 @@ async def _run_online() -> None:
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=_url(), target_metadata=target_metadata, literal_binds=True,
+        url=_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
         render_as_batch=_url().startswith("sqlite"),
     )
     with context.begin_transaction():

@@ -36,13 +36,13 @@ async def principal_from_request(request: Request, ctx: AppContext) -> Principal
         return await service.authenticate_session(session, raw)
 
 
-async def require_principal(
-    request: Request, ctx: AppContext = Depends(get_context)
-) -> Principal:
+async def require_principal(request: Request, ctx: AppContext = Depends(get_context)) -> Principal:
     principal = await principal_from_request(request, ctx)
     if principal is None:
         raise ApiError(
-            401, "unauthorized", "authentication required: a session or a bearer token",
+            401,
+            "unauthorized",
+            "authentication required: a session or a bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
     if principal.via == "session" and request.method not in _SAFE_METHODS:

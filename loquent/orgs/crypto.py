@@ -25,7 +25,9 @@ class SecretBox:
         try:
             return self._fernet.decrypt(ciphertext.encode()).decode()
         except InvalidToken as exc:  # wrong key: never echo the ciphertext
-            raise ValueError("stored credential cannot be decrypted with the configured keys") from exc
+            raise ValueError(
+                "stored credential cannot be decrypted with the configured keys"
+            ) from exc
 
 
 def _derive_key(secret: str) -> bytes:

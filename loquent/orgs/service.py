@@ -1,4 +1,7 @@
-"""Organizations, members, tokens, sessions and org lines. Plain async functions taking a session."""
+"""Organizations, members, tokens, sessions and org lines.
+
+Plain async functions taking a session; the caller owns the transaction.
+"""
 
 from __future__ import annotations
 
@@ -192,9 +195,7 @@ async def authenticate_password(
 # --- API tokens -----------------------------------------------------------------------------
 
 
-async def create_api_token(
-    session: AsyncSession, user: User, org_id: int, name: str = ""
-) -> str:
+async def create_api_token(session: AsyncSession, user: User, org_id: int, name: str = "") -> str:
     token = "lq_" + secrets.token_urlsafe(32)
     session.add(
         ApiToken(token_hash=token_digest(token), user_id=user.id, organization_id=org_id, name=name)

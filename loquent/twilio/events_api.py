@@ -41,7 +41,9 @@ _TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock: ju
     summary="Twilio Event Streams webhook sink",
     responses={400: {"description": "malformed delivery"}, 403: {"description": "not signed"}},
 )
-async def receive_events(request: Request, ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
+async def receive_events(
+    request: Request, ctx: AppContext = Depends(get_context)
+) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         return await _receive(request, ctx)
@@ -63,7 +65,9 @@ async def _receive(request: Request, ctx: AppContext) -> dict[str, Any]:
 
     accounts = {event.account_sid for event in events}
     if len(accounts) != 1:
-        raise _reject(400, "mixed_accounts", "all events of one delivery must name the same account")
+        raise _reject(
+            400, "mixed_accounts", "all events of one delivery must name the same account"
+        )
     account_sid = accounts.pop()
 
     async with ctx.db.reader() as session:
@@ -72,9 +76,7 @@ async def _receive(request: Request, ctx: AppContext) -> dict[str, Any]:
         log.info("twilio_events.unknown_account", account_sid=account_sid)
         raise _reject(403, "unknown_account", "no organization is connected to this account")
 
-    url = signature.public_request_url(
-        ctx.settings.public_url, request.url.path, request.url.query
-    )
+    url = signature.public_request_url(ctx.settings.public_url, request.url.path, request.url.query)
     valid = signature.verify(
         url,
         raw_text,
@@ -104,12 +106,20 @@ async def _record_with_retry(ctx: AppContext, org: Organization, event: CloudEve
                 await asyncio.sleep(0.05 * (attempt + 1))
                 continue
             if is_storage_outage(exc):
-                raise _reject(503, "storage_unavailable", "storage is unavailable, retry later",
-                              headers={"Retry-After": "5"}) from None
+                raise _reject(
+                    503,
+                    "storage_unavailable",
+                    "storage is unavailable, retry later",
+                    headers={"Retry-After": "5"},
+                ) from None
             raise
         except (OSError, TimeoutError) as exc:
-            raise _reject(503, "storage_unavailable", "storage is unavailable, retry later",
-                          headers={"Retry-After": "5"}) from exc
+            raise _reject(
+                503,
+                "storage_unavailable",
+                "storage is unavailable, retry later",
+                headers={"Retry-After": "5"},
+            ) from exc
     raise AssertionError("unreachable")
 
 
@@ -117,9 +127,9 @@ async def _record(ctx: AppContext, org: Organization, event: CloudEvent) -> str:
     if event.type == payloads.SINK_TEST_TYPE:
         async with ctx.db.session() as session:
             await session.execute(
-                update(Organization).where(Organization.id == org.id).values(
-                    sink_verified_at=utcnow()
-                )
+                update(Organization)
+                .where(Organization.id == org.id)
+                .values(sink_verified_at=utcnow())
             )
             await session.commit()
         return "sink_verified"
@@ -183,6 +193,8 @@ def _decrypt(ctx: AppContext, ciphertext: str | None) -> str | None:
         return None
 
 
-def _reject(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ApiError:
+def _reject(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> ApiError:
     WEBHOOK_REJECTED.labels(reason=code).inc()
     return ApiError(status, code, message, headers=headers)

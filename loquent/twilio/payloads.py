@@ -17,7 +17,8 @@ from typing import Any
 INBOUND_TYPE = "com.twilio.messaging.inbound-message.received"
 STATUS_TYPE_PREFIX = "com.twilio.messaging.message."
 STATUS_TYPES = {
-    STATUS_TYPE_PREFIX + s: s for s in ("queued", "sent", "delivered", "undelivered", "failed", "read")
+    STATUS_TYPE_PREFIX + s: s
+    for s in ("queued", "sent", "delivered", "undelivered", "failed", "read")
 }
 SINK_TEST_TYPE = "com.twilio.eventstreams.test-event"
 
@@ -87,8 +88,11 @@ def _parse_event(item: Any, index: int) -> CloudEvent:
         if not _ACCOUNT_SID.match(event_id):
             raise PayloadError(f"{where}: a sink test event carries the account SID as its id")
         return CloudEvent(
-            type=event_type, id=event_id, account_sid=event_id,
-            data=data if isinstance(data, dict) else {}, time=_parse_time(item.get("time")),
+            type=event_type,
+            id=event_id,
+            account_sid=event_id,
+            data=data if isinstance(data, dict) else {},
+            time=_parse_time(item.get("time")),
         )
     if not isinstance(data, dict):
         raise PayloadError(f"{where}.data must be a JSON object")
@@ -96,7 +100,10 @@ def _parse_event(item: Any, index: int) -> CloudEvent:
     if not _ACCOUNT_SID.match(account_sid):
         raise PayloadError(f"{where}.data.accountSid is not a Twilio account SID")
     event = CloudEvent(
-        type=event_type, id=event_id, account_sid=account_sid, data=data,
+        type=event_type,
+        id=event_id,
+        account_sid=account_sid,
+        data=data,
         time=_parse_time(item.get("time")),
     )
     if is_handled(event_type):

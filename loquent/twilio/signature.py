@@ -36,7 +36,9 @@ def verify(
         # Announced SharedKey signature (HMAC-SHA256 or as the header says).
         if not shared_key:
             return False
-        return _validate(shared_key, url, raw_body, signature, get_signature_algorithm(settings_header))
+        return _validate(
+            shared_key, url, raw_body, signature, get_signature_algorithm(settings_header)
+        )
     if not auth_token:
         return False
     return _validate(auth_token, url, raw_body, signature, HMAC_SHA1)

@@ -13,18 +13,22 @@ class Sim:
 
     async def call(self, method: str, path: str, json: Any = None, **params: Any) -> Any:
         async with httpx.AsyncClient(base_url=self.url, timeout=60) as http:
-            response = await http.request(method, f"/_sim{path}", json=json,
-                                          params={k: v for k, v in params.items() if v is not None})
+            response = await http.request(
+                method,
+                f"/_sim{path}",
+                json=json,
+                params={k: v for k, v in params.items() if v is not None},
+            )
         response.raise_for_status()
         return response.json() if response.content else None
 
     async def console_sms(self, account: str, **fields: Any) -> dict[str, Any]:
-        return await self.call("POST", f"/accounts/{account}/console-sms",
-                               {"wait": True, **fields})
+        return await self.call("POST", f"/accounts/{account}/console-sms", {"wait": True, **fields})
 
     async def events(self, account: str, sid: str, **fields: Any) -> dict[str, Any]:
-        return await self.call("POST", f"/accounts/{account}/messages/{sid}/events",
-                               {"wait": True, **fields})
+        return await self.call(
+            "POST", f"/accounts/{account}/messages/{sid}/events", {"wait": True, **fields}
+        )
 
     async def fault(self, **fields: Any) -> dict[str, Any]:
         return await self.call("POST", "/faults", fields)
