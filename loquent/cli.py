@@ -177,6 +177,30 @@ def org_create(
     _emit({"id": org_id}, as_json, f"organization {org_id} created")
 
 
+@org_app.command("set-webhook-key")
+def org_set_webhook_key(
+    org: int = typer.Option(..., "--org"),
+    clear: bool = typer.Option(False, "--clear", help="Remove the key."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Set the Twilio webhook SharedKey secret (read from standard input, never from argv)."""
+    from loquent.orgs import service
+    from loquent.orgs.models import Organization
+
+    key = None if clear else sys.stdin.readline().strip()
+    if not clear and not key:
+        _fail("pipe the SharedKey secret on standard input, or pass --clear")
+
+    async def work(session: Any, ctx: Any) -> None:
+        row = await session.get(Organization, org)
+        if row is None:
+            _fail(f"no organization {org}")
+        await service.set_webhook_shared_key(session, ctx.box, row, key)
+
+    _with_session(work)
+    _emit({"id": org, "webhook_shared_key": not clear}, as_json, "webhook key updated")
+
+
 @number_app.command("add")
 def number_add(
     number: str = typer.Argument(..., help="E.164, e.g. +14155550100"),

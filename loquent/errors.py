@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loquent.db import is_storage_outage
 
@@ -60,12 +61,44 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if is_storage_outage(exc):
-            log.warning("storage.unavailable", path=request.url.path, error=type(exc).__name__)
-            return JSONResponse(
+        log.exception("request.failed", path=request.url.path)
+        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+    app.add_middleware(StorageOutageMiddleware)
+
+
+class StorageOutageMiddleware:
+    """Turn "the database is unreachable / locked" into 503 + Retry-After.
+
+    A 503 tells Twilio (and any client) to retry; it must never look like a 2xx or a 400.
+    Pure ASGI rather than an exception handler: Starlette's catch-all handler re-raises
+    after answering, which can cut the connection before the answer is flushed.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started or not is_storage_outage(exc):
+                raise
+            log.warning("storage.unavailable", path=scope.get("path"), error=type(exc).__name__)
+            response = JSONResponse(
                 error_body("storage_unavailable", "storage is unavailable, retry later"),
                 status_code=503,
                 headers={"Retry-After": "5"},
             )
-        log.exception("request.failed", path=request.url.path)
-        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+            await response(scope, receive, send)

@@ -263,3 +263,32 @@ async def test_inbound_sms_through_the_sink(flow: tuple[Stack, Sim]) -> None:
         "ready",
     )
     assert row.body.startswith("hi there")
+
+
+async def test_shared_key_signatures_are_accepted_when_configured(flow: tuple[Stack, Sim]) -> None:
+    from loquent.orgs.service import set_webhook_shared_key
+
+    stack, sim = flow
+    key = await sim.call("PUT", f"/accounts/{stack.org.account_sid}/signing-key", {})
+    refused = await sim.console_sms(
+        stack.org.account_sid,
+        statuses=["sent"],
+        **{"from": LINE, "to": CUSTOMER, "body": "before the key"},
+    )
+    assert [d["status_code"] for d in refused["deliveries"]] == [403]
+
+    async with stack.db.session() as session:
+        org = await session.get(Organization, stack.org.id)
+        assert org is not None
+        await set_webhook_shared_key(
+            session, SecretBox(stack.settings.secret_keys), org, key["secret"]
+        )
+        await session.commit()
+    accepted = await sim.console_sms(
+        stack.org.account_sid,
+        statuses=["sent"],
+        **{"from": LINE, "to": CUSTOMER, "body": "with the key"},
+    )
+    assert [d["status_code"] for d in accepted["deliveries"]] == [200]
+    row = await settled(stack, accepted["sid"])
+    assert row.body == "with the key"

@@ -62,6 +62,13 @@ async def set_twilio_credentials(
     org.twilio_credentials_checked_at = utcnow()
 
 
+async def set_webhook_shared_key(
+    session: AsyncSession, box: SecretBox, org: Organization, shared_key: str | None
+) -> None:
+    """The Twilio webhook SharedKey secret, or None to accept auth-token signatures only."""
+    org.twilio_webhook_shared_key = box.encrypt(shared_key) if shared_key else None
+
+
 async def find_org_by_account_sid(session: AsyncSession, account_sid: str) -> Organization | None:
     result = await session.execute(
         select(Organization).where(Organization.twilio_account_sid == account_sid)
