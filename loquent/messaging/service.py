@@ -46,7 +46,9 @@ async def find_by_sid(
     stmt = select(Message).where(Message.organization_id == org_id, Message.external_id == sid)
     if for_update:
         stmt = stmt.with_for_update()
-    return (await session.execute(stmt.execution_options(populate_existing=True))).scalar_one_or_none()
+    return (
+        await session.execute(stmt.execution_options(populate_existing=True))
+    ).scalar_one_or_none()
 
 
 # --- status events ------------------------------------------------------------------------
@@ -90,7 +92,9 @@ async def _capture_external(session: AsyncSession, org_id: int, report: StatusRe
     else:
         await orgs.record_unmatched_event(session, org_id)
         log.info(
-            "capture.unmatched", org_id=org_id, message_sid=report.message_sid,
+            "capture.unmatched",
+            org_id=org_id,
+            message_sid=report.message_sid,
             reason="neither number is an organization line",
         )
         return Outcome.UNMATCHED
@@ -133,8 +137,11 @@ async def _capture_external(session: AsyncSession, org_id: int, report: StatusRe
     if not has_body:
         wake_jobs_after_commit(session)
     log.info(
-        "capture.created", org_id=org_id, message_id=message_id,
-        message_sid=report.message_sid, direction=direction,
+        "capture.created",
+        org_id=org_id,
+        message_id=message_id,
+        message_sid=report.message_sid,
+        direction=direction,
     )
     return Outcome.CREATED
 
@@ -168,8 +175,11 @@ async def record_inbound_text(session: AsyncSession, org_id: int, text: InboundT
             session,
             existing,
             StatusReport(
-                message_sid=text.message_sid, status="received",
-                from_address=text.from_address, to_address=text.to_address, body=text.body,
+                message_sid=text.message_sid,
+                status="received",
+                from_address=text.from_address,
+                to_address=text.to_address,
+                body=text.body,
             ),
         )
     sender = normalize_address(text.from_address)
@@ -230,6 +240,7 @@ async def apply_fetched_message(
         message.body_state = "ready"
     else:
         message.body_state = "empty"
+    message.body_error = None  # the errors of earlier attempts no longer describe the row
     if fetched.status and should_advance(message.status, fetched.status):
         message.status = fetched.status
         if fetched.error_code:
@@ -249,7 +260,9 @@ async def apply_fetched_message(
     for media in fetched.media:
         if media.sid not in existing_media:
             session.add(
-                MessageMedia(message_id=message.id, media_sid=media.sid, content_type=media.content_type)
+                MessageMedia(
+                    message_id=message.id, media_sid=media.sid, content_type=media.content_type
+                )
             )
     _finish_job(message)
     await session.flush()

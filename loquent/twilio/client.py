@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 import structlog
@@ -223,7 +223,7 @@ class TwilioClient:
         if self._owns_http:
             await self._http.aclose()
 
-    async def __aenter__(self) -> TwilioClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -317,12 +317,17 @@ class TwilioClient:
         return f"/{API_VERSION}/Accounts/{self._sid_path()}/{rest}"
 
     def _resolve(self, path_or_url: str) -> httpx.URL:
-        """Resolve a path against api_base; refuse anything that leaves the API origin."""
-        # urljoin keeps api_base's own path prefix out of absolute paths, as Twilio means them.
-        url = httpx.URL(urljoin(str(self._base), path_or_url))
+        """A path (Twilio's ``uri``/``next_page_uri`` are paths from the API root) is taken
+        relative to api_base, keeping any prefix it has; an absolute URL must be on the API
+        origin, or it is refused before any credentials are attached."""
+        if "://" in path_or_url or path_or_url.startswith("//"):
+            url = httpx.URL(path_or_url)
+        else:
+            url = httpx.URL(str(self._base).rstrip("/") + "/" + path_or_url.lstrip("/"))
         if _origin(url) != _origin(self._base):
             raise TwilioError(
-                f"refusing to send credentials to {url.scheme}://{url.host}: not the Twilio API host"
+                f"refusing to send credentials to {url.scheme}://{url.host}: "
+                "not the Twilio API host"
             )
         return url
 
@@ -383,7 +388,9 @@ class TwilioClient:
                 f"could not reach Twilio ({type(exc).__name__}) calling {request.url.path}"
             ) from None
         log.debug(
-            "twilio.request", method=request.method, path=request.url.path,
+            "twilio.request",
+            method=request.method,
+            path=request.url.path,
             status=response.status_code,
         )
         return response
@@ -398,7 +405,11 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
         payload = response.json()
     except ValueError:
-        raise TwilioUnavailable("Twilio answered with invalid JSON", status=response.status_code) from None
+        raise TwilioUnavailable(
+            "Twilio answered with invalid JSON", status=response.status_code
+        ) from None
     if not isinstance(payload, dict):
-        raise TwilioUnavailable("Twilio answered with a non-object JSON", status=response.status_code)
+        raise TwilioUnavailable(
+            "Twilio answered with a non-object JSON", status=response.status_code
+        )
     return payload

@@ -1,0 +1,331 @@
+"""The job worker: claims due work from the database and runs it as asyncio tasks.
+
+It runs inside the web process (embedded default, started from the app lifespan) or on its
+own (``loquent worker``, see ``run_forever``); any number of workers can share a database,
+because claims lease rows (``loquent.jobs.queue``).
+
+The loop, in short: claim as many due rows as there is room for, start a task per claim,
+then sleep until one of: a wake-up on the jobs topic (new pending work was committed), a
+task finishing (room for more, or a retry it scheduled), the soonest scheduled retry
+falling due, or the poll interval. The poll is the safety net for lost wake-ups; the rows
+are the truth, so on start the first pass picks up everything a crash left pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections import Counter
+from datetime import timedelta
+
+import httpx
+import structlog
+
+from loquent.config import Settings, get_settings
+from loquent.db import Database, is_storage_outage, utcnow
+from loquent.jobs.backoff import backoff_delay
+from loquent.jobs.queue import Claim, claim_due_bodies, count_pending, next_due_at, release_claims
+from loquent.messaging.tasks import EnrichContext, enrich_body
+from loquent.orgs.crypto import SecretBox
+from loquent.realtime import log as event_log
+from loquent.realtime.notifier import JOBS_TOPIC, Notifier, build_notifier
+from loquent.twilio.client import build_http_client
+
+log = structlog.get_logger(__name__)
+
+PRUNE_INTERVAL_SECONDS = 300.0
+# After the database fails: first retry within about a second, then up to half a minute.
+_OUTAGE_BACKOFF_BASE = 0.5
+_OUTAGE_BACKOFF_CAP = 30.0
+_OUTAGE_MIN_DELAY = 0.25
+
+
+class Worker:
+    """Runs body-enrichment jobs until stopped. ``start()``/``stop()`` for embedding."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        notifier: Notifier,
+        settings: Settings,
+        box: SecretBox,
+        http: httpx.AsyncClient | None = None,
+        max_concurrency: int | None = None,
+        prune_interval: float = PRUNE_INTERVAL_SECONDS,
+    ) -> None:
+        self.db = db
+        self.notifier = notifier
+        self.settings = settings
+        self._box = box
+        self._given_http = http
+        self._http: httpx.AsyncClient | None = None
+        self._ctx: EnrichContext | None = None
+        self._max_concurrency = max(1, max_concurrency or settings.worker_batch_size)
+        self._slots = asyncio.Semaphore(self._max_concurrency)
+        self._org_slots: dict[int, asyncio.Semaphore] = {}
+        self._org_load: Counter[int] = Counter()
+        self._prune_interval = prune_interval
+        self._tasks: dict[asyncio.Task[None], Claim] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.outcomes: Counter[str] = Counter()  # per EnrichOutcome, for metrics and tests
+
+    # --- lifecycle ---
+
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._check_lease()
+        self._stopping = False
+        # One connection pool for every organization's calls (it keeps no cookies).
+        self._http = self._given_http or build_http_client(
+            timeout=self.settings.twilio_timeout_seconds
+        )
+        self._ctx = EnrichContext(
+            db=self.db,
+            notifier=self.notifier,
+            settings=self.settings,
+            box=self._box,
+            http=self._http,
+        )
+        self._loop_task = asyncio.create_task(self._run(), name="loquent-worker")
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Stop claiming, give running jobs ``grace`` seconds, then cancel the rest and hand
+        their leases back so another worker can take them at once."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._loop_task), timeout=grace)
+            except TimeoutError:  # stuck on the database: it holds no job of its own
+                self._loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loop_task
+            self._loop_task = None
+
+        unfinished: list[Claim] = []
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            unfinished = [self._tasks[t] for t in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if unfinished:
+            await self._release(unfinished)
+        if self._http is not None and self._http is not self._given_http:
+            await self._http.aclose()
+        self._http = None
+        log.info("worker.stopped", cancelled=len(unfinished))
+
+    async def drain(self, timeout: float, *, include_scheduled: bool = False) -> bool:
+        """Wait until no job is running and no due pending row remains (with
+        ``include_scheduled``, until nothing at all is pending: retries scheduled for later
+        and leases held elsewhere count too). True when drained, False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if not self._tasks:
+                async with self.db.reader() as session:
+                    left = await count_pending(
+                        session, now=utcnow(), due_only=not include_scheduled
+                    )
+                if left == 0 and not self._tasks:
+                    return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- the loop ---
+
+    async def _run(self) -> None:
+        log.info(
+            "worker.started",
+            max_concurrency=self._max_concurrency,
+            per_org=self.settings.worker_per_org_concurrency,
+        )
+        next_prune = 0.0
+        outages = 0
+        loop = asyncio.get_running_loop()
+        with self.notifier.listen(JOBS_TOPIC) as notified:
+            while not self._stopping:
+                # Cleared before looking, so a wake-up that lands while we claim is kept.
+                self._wake.clear()
+                notified.clear()
+                if loop.time() >= next_prune:
+                    await self._prune()
+                    next_prune = loop.time() + self._prune_interval
+                try:
+                    sleep_for = await self._claim_and_start()
+                    outages = 0
+                except Exception as exc:  # the loop must outlive any one failure
+                    outages += 1
+                    sleep_for = _OUTAGE_MIN_DELAY + backoff_delay(
+                        outages, base=_OUTAGE_BACKOFF_BASE, cap=_OUTAGE_BACKOFF_CAP
+                    )
+                    if is_storage_outage(exc):
+                        log.warning(
+                            "worker.storage_unavailable", error=str(exc), retry_in=sleep_for
+                        )
+                    else:
+                        log.exception("worker.loop_failed", retry_in=sleep_for)
+                if sleep_for > 0 and not self._stopping:
+                    await _wait_any(self._wake, notified, timeout=sleep_for)
+
+    async def _claim_and_start(self) -> float:
+        """Claim what there is room for and start it; return how long to sleep."""
+        settings = self.settings
+        room = self._max_concurrency - len(self._tasks)
+        limit = min(settings.worker_batch_size, room)
+        claims: list[Claim] = []
+        if limit > 0:
+            async with self.db.session() as session:
+                claims = await claim_due_bodies(
+                    session,
+                    now=utcnow(),
+                    limit=limit,
+                    lease_seconds=settings.worker_lease_seconds,
+                    per_org_cap=settings.worker_per_org_concurrency,
+                )
+                await session.commit()
+            for claim in claims:
+                self._start(claim)
+            if claims and len(claims) == limit and len(self._tasks) < self._max_concurrency:
+                return 0.0  # a full batch: there may be more due right now
+        return await self._until_next_due()
+
+    async def _until_next_due(self) -> float:
+        poll = self.settings.worker_poll_seconds
+        async with self.db.reader() as session:
+            due = await next_due_at(session)
+        if due is None:
+            return poll
+        wait = (due - utcnow()).total_seconds()
+        # Due already but not claimed: capped per org, out of room, or leased elsewhere.
+        # A finishing task wakes us; otherwise the poll interval.
+        if wait <= 0:
+            return poll
+        return min(poll, wait)
+
+    def _start(self, claim: Claim) -> None:
+        task = asyncio.create_task(self._run_job(claim), name=f"enrich-{claim.message_id}")
+        self._tasks[task] = claim
+        task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self._wake.set()  # room for more, and the job may have scheduled a retry
+
+    async def _run_job(self, claim: Claim) -> None:
+        org = claim.organization_id
+        org_slots = self._org_slots.get(org)
+        if org_slots is None:
+            org_slots = asyncio.Semaphore(self.settings.worker_per_org_concurrency)
+            self._org_slots[org] = org_slots
+        self._org_load[org] += 1
+        try:
+            # Per-org first, so a job waiting for its org does not hold a global slot.
+            async with org_slots, self._slots:
+                assert self._ctx is not None  # set by start()
+                outcome = await enrich_body(self._ctx, claim)
+                self.outcomes[str(outcome)] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one job's failure must not touch the others
+            # The lease runs out and the row is claimed again, the attempt counted.
+            self.outcomes["error"] += 1
+            if is_storage_outage(exc):
+                log.warning(
+                    "worker.job_storage_unavailable",
+                    message_id=claim.message_id,
+                    org_id=org,
+                    error=str(exc),
+                )
+            else:
+                log.exception("worker.job_failed", message_id=claim.message_id, org_id=org)
+        finally:
+            self._org_load[org] -= 1
+            if self._org_load[org] <= 0:
+                del self._org_load[org]
+                self._org_slots.pop(org, None)
+
+    async def _prune(self) -> None:
+        cutoff = utcnow() - timedelta(hours=self.settings.event_log_retention_hours)
+        try:
+            async with self.db.session() as session:
+                removed = await event_log.prune(session, cutoff)
+                await session.commit()
+        except Exception as exc:  # pruning is housekeeping; try next round
+            log.warning("worker.prune_failed", error=str(exc))
+            return
+        if removed:
+            log.info("worker.pruned_event_log", removed=removed)
+
+    async def _release(self, claims: list[Claim]) -> None:
+        try:
+            async with self.db.session() as session:
+                await release_claims(session, claims)
+                await session.commit()
+        except Exception as exc:  # the leases will simply run out instead
+            log.warning("worker.release_failed", error=str(exc), claims=len(claims))
+
+    def _check_lease(self) -> None:
+        # A job makes up to two Twilio calls; a lease shorter than that invites a second
+        # worker to fetch the same message while the first is still at it.
+        settings = self.settings
+        if settings.worker_lease_seconds < 2 * settings.twilio_timeout_seconds + 5:
+            log.warning(
+                "worker.lease_too_short",
+                lease_seconds=settings.worker_lease_seconds,
+                twilio_timeout_seconds=settings.twilio_timeout_seconds,
+            )
+
+
+async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def run_forever(settings: Settings | None = None) -> None:
+    """The standalone ``loquent worker`` process: run until SIGINT/SIGTERM."""
+    settings = settings or get_settings()
+    db = Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    notifier = build_notifier(settings.redis_url)
+    await notifier.start()
+    worker = Worker(
+        db=db, notifier=notifier, settings=settings, box=SecretBox(settings.secret_keys)
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        await worker.start()
+        await stop.wait()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await worker.stop()
+        await notifier.stop()
+        await db.dispose()
