@@ -33,7 +33,7 @@ test-e2e: $(STAMP) chromium
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check loquent tests bench
-	$(VENV)/bin/ruff format --check loquent tests bench || true
+	$(VENV)/bin/ruff format --check loquent tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -256,9 +256,7 @@ async def sse_latency(
     }
 
 
-async def bench_backend(
-    name: str, database_url: str, args: argparse.Namespace
-) -> dict[str, Any]:
+async def bench_backend(name: str, database_url: str, args: argparse.Namespace) -> dict[str, Any]:
     app = App(database_url, port=args.port)
     app.start()
     try:

@@ -533,6 +533,7 @@ async def deliver_raw(payload: DeliverRawIn, request: Request) -> dict[str, Any]
         signer = Signer.for_account(account)
     if payload.sign and signer is None and payload.signature_override is None:
         raise HTTPException(400, "signing needs an account_sid or an auth_token")
+    targets: list[tuple[str | None, str]]
     if payload.destination:
         targets = [(None, payload.destination)]
     elif account is not None:

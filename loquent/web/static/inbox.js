@@ -1,0 +1,511 @@
+// The live inbox: renders the contact list and the open conversation from the JSON API and
+// keeps both current with the organization's Server-Sent Events.
+//
+//   messaging.message.new     → re-fetch the contact list (coalesced), append to the open feed
+//   messaging.message.status  → patch the message in place (body arrives, status changes)
+//   resync                    → events were missed: re-fetch the list and the feed
+//
+// Every message goes through upsertMessage(), which ignores a copy older than the one shown
+// (by updated_at), so a fetch and an event racing each other cannot roll a message back.
+
+const EVT_NEW = "messaging.message.new";
+const EVT_STATUS = "messaging.message.status";
+const EVT_RESYNC = "resync";
+
+const PAGE_SIZE = 50;
+const MAX_PAGE = 200;
+
+const body = document.body;
+const openContactId = Number(body.dataset.contactId) || null;
+const els = {
+  contactList: document.getElementById("contact-list"),
+  contactsEmpty: document.getElementById("contacts-empty"),
+  contactsMore: document.getElementById("contacts-more"),
+  feedScroll: document.getElementById("feed-scroll"),
+  feed: document.getElementById("feed"),
+  feedEmpty: document.getElementById("feed-empty"),
+  loadOlder: document.getElementById("load-older"),
+  liveStatus: document.getElementById("live-status"),
+  notice: document.getElementById("notice"),
+};
+
+// ---------------------------------------------------------------------------------------
+// Small helpers
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-") || key.startsWith("aria-") || key === "href"
+      || key === "datetime" || key === "title" || key === "role") node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function loginUrl() {
+  const here = window.location.pathname + window.location.search;
+  return "/login?next=" + encodeURIComponent(here);
+}
+
+class Unauthorized extends Error {}
+
+async function getJSON(url) {
+  const response = await fetch(url, {
+    headers: { Accept: "application/json" },
+    credentials: "same-origin",
+    cache: "no-store",
+  });
+  if (response.status === 401) {
+    window.location.assign(loginUrl());
+    throw new Unauthorized("signed out");
+  }
+  if (!response.ok) {
+    let message = `HTTP ${response.status}`;
+    try {
+      const payload = await response.json();
+      message = payload?.error?.message || message;
+    } catch { /* not JSON: keep the status */ }
+    throw new Error(message);
+  }
+  return response.json();
+}
+
+let noticeTimer = null;
+function showNotice(text, { sticky = false } = {}) {
+  if (!els.notice) return;
+  els.notice.textContent = text;
+  els.notice.hidden = false;
+  clearTimeout(noticeTimer);
+  if (!sticky) noticeTimer = setTimeout(() => { els.notice.hidden = true; }, 6000);
+}
+
+function reportError(error) {
+  if (error instanceof Unauthorized) return;
+  console.error(error);
+  showNotice(`Could not refresh the inbox: ${error.message}`);
+}
+
+// ---------------------------------------------------------------------------------------
+// Time
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+const dayFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+const weekdayFormat = new Intl.DateTimeFormat(undefined, { weekday: "short" });
+const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+function relativeTime(date, now = new Date()) {
+  const seconds = Math.max(0, (now - date) / 1000);
+  if (seconds < 45) return "now";
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 24 * 3600) return `${Math.floor(seconds / 3600)} h`;
+  if (seconds < 6 * 24 * 3600) return weekdayFormat.format(date);
+  return dayFormat.format(date);
+}
+
+function messageTime(date, now = new Date()) {
+  const sameDay = date.toDateString() === now.toDateString();
+  return sameDay ? timeFormat.format(date) : `${dayFormat.format(date)}, ${timeFormat.format(date)}`;
+}
+
+function timeElement(iso, { relative }) {
+  if (!iso) return null;
+  const date = new Date(iso);
+  return el("time", {
+    datetime: iso,
+    title: fullFormat.format(date),
+    "data-relative": relative ? "" : null,
+  }, relative ? relativeTime(date) : messageTime(date));
+}
+
+function refreshRelativeTimes() {
+  for (const node of document.querySelectorAll("time[data-relative]")) {
+    node.textContent = relativeTime(new Date(node.getAttribute("datetime")));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// What a message says, in the list preview and in the feed
+
+const BODY_NOTES = {
+  pending: "loading message…",
+  empty: "no text",
+  failed: "message text could not be loaded",
+};
+
+function bodyState(message) {
+  if (message.body_state === "ready" && !message.body) return "empty";
+  return message.body_state || "ready";
+}
+
+function statusTone(status) {
+  if (["delivered", "read", "received"].includes(status)) return "ok";
+  if (["failed", "undelivered", "canceled"].includes(status)) return "bad";
+  return "pending";
+}
+
+function sourceLabel(source) {
+  return { external: "external", import: "imported" }[source] || null;
+}
+
+function initials(name) {
+  const letters = (name || "").split(/\s+/).filter((w) => /^\p{L}/u.test(w)).map((w) => w[0]);
+  return letters.slice(0, 2).join("").toUpperCase() || "#";
+}
+
+// ---------------------------------------------------------------------------------------
+// Contact list: re-fetched on every new message, with at most one request in flight and
+// one trailing request queued behind it, however many events arrive in a burst.
+
+const contacts = {
+  inFlight: false,
+  again: false,
+  shown: PAGE_SIZE,
+  nextCursor: null,
+  lastMessageOf: new Map(), // contact id -> id of its last message (to patch previews)
+};
+
+function renderPreview(message) {
+  if (!message) return el("span", { class: "contact-preview muted" }, "No messages yet");
+  const state = bodyState(message);
+  const prefix = message.direction === "outbound" ? "You: " : "";
+  if (state === "ready") {
+    return el("span", { class: "contact-preview" }, prefix + message.body);
+  }
+  return el("span", { class: "contact-preview muted", "data-body-state": state },
+    prefix, el("em", {}, BODY_NOTES[state] || ""));
+}
+
+function renderContact(item) {
+  const isOpen = item.id === openContactId;
+  const message = item.last_message;
+  return el("li", {
+    class: "contact" + (isOpen ? " is-open" : ""),
+    "data-contact-id": item.id,
+    "data-last-message-id": message ? message.id : null,
+  },
+  el("a", { href: `/messaging/${item.id}`, "aria-current": isOpen ? "page" : null },
+    el("span", { class: "avatar", "aria-hidden": "true" }, initials(item.name)),
+    el("span", { class: "contact-main" },
+      el("span", { class: "contact-line" },
+        el("span", { class: "contact-name" }, item.name || item.phone || "Unknown"),
+        timeElement(item.last_contacted_at, { relative: true })),
+      renderPreview(message))));
+}
+
+function renderContacts(items, { append }) {
+  if (!els.contactList) return;
+  const nodes = items.map(renderContact);
+  if (append) {
+    // A contact can move between pages while paging; keep the first copy only.
+    const seen = new Set([...els.contactList.children].map((n) => n.dataset.contactId));
+    els.contactList.append(...nodes.filter((n) => !seen.has(n.dataset.contactId)));
+  } else {
+    contacts.lastMessageOf.clear();
+    els.contactList.replaceChildren(...nodes);
+  }
+  for (const item of items) {
+    if (item.last_message) contacts.lastMessageOf.set(item.id, item.last_message.id);
+  }
+  els.contactList.setAttribute("aria-busy", "false");
+  els.contactsEmpty.hidden = els.contactList.children.length > 0;
+  els.contactsMore.hidden = !contacts.nextCursor;
+}
+
+async function fetchContacts() {
+  const limit = Math.min(MAX_PAGE, Math.max(PAGE_SIZE, contacts.shown));
+  const page = await getJSON(`/api/contacts?limit=${limit}`);
+  contacts.nextCursor = page.next_cursor;
+  renderContacts(page.items, { append: false });
+}
+
+function refreshContacts() {
+  if (!els.contactList) return;
+  if (contacts.inFlight) {
+    contacts.again = true;
+    return;
+  }
+  contacts.inFlight = true;
+  fetchContacts()
+    .catch(reportError)
+    .finally(() => {
+      contacts.inFlight = false;
+      if (contacts.again) {
+        contacts.again = false;
+        refreshContacts();
+      }
+    });
+}
+
+async function loadMoreContacts() {
+  if (!contacts.nextCursor) return;
+  els.contactsMore.disabled = true;
+  try {
+    const cursor = encodeURIComponent(contacts.nextCursor);
+    const page = await getJSON(`/api/contacts?limit=${PAGE_SIZE}&cursor=${cursor}`);
+    contacts.nextCursor = page.next_cursor;
+    contacts.shown += page.items.length;
+    renderContacts(page.items, { append: true });
+  } catch (error) {
+    reportError(error);
+  } finally {
+    els.contactsMore.disabled = false;
+  }
+}
+
+// A body arriving for a contact's latest message updates its preview without a fetch.
+function patchContactPreview(message) {
+  if (!els.contactList || contacts.lastMessageOf.get(message.contact_id) !== message.id) return;
+  const item = els.contactList.querySelector(`[data-contact-id="${message.contact_id}"]`);
+  const preview = item?.querySelector(".contact-preview");
+  if (preview) preview.replaceWith(renderPreview(message));
+}
+
+// ---------------------------------------------------------------------------------------
+// Conversation feed
+
+const feed = {
+  messages: new Map(), // message id -> message JSON currently shown
+  olderCursor: null,
+  loaded: false,
+};
+
+function sortKey(message) {
+  return [Date.parse(message.created_at), message.id];
+}
+
+function isBefore(a, b) {
+  const [ta, ia] = sortKey(a);
+  const [tb, ib] = sortKey(b);
+  return ta < tb || (ta === tb && ia < ib);
+}
+
+function renderBody(message) {
+  const state = bodyState(message);
+  if (state === "ready") return el("p", { class: "message-body" }, message.body);
+  const classes = state === "pending" ? "message-body body-placeholder" : "message-body body-note";
+  return el("p", { class: classes, "data-body-state": state }, BODY_NOTES[state] || "");
+}
+
+function renderMessage(message) {
+  const source = sourceLabel(message.source);
+  const tone = statusTone(message.status);
+  const media = message.num_media > 0
+    ? el("p", { class: "message-media" },
+      message.num_media === 1 ? "1 attachment" : `${message.num_media} attachments`)
+    : null;
+  return el("li", {
+    class: `message ${message.direction === "outbound" ? "outbound" : "inbound"}`,
+    "data-message-id": message.id,
+    "data-direction": message.direction,
+    "data-status": message.status,
+    "data-body-state": bodyState(message),
+    "data-source": message.source || "",
+  },
+  el("div", { class: "bubble" }, renderBody(message), media),
+  el("div", { class: "message-meta" },
+    timeElement(message.created_at, { relative: false }),
+    source ? el("span", { class: "source-badge", title: sourceTitle(message.source) }, source)
+      : null,
+    el("span", { class: `status-badge tone-${tone}`, "data-status": message.status },
+      message.status.replaceAll("_", " ")),
+    message.error_code
+      ? el("span", { class: "error-code", title: "Twilio error code" }, `error ${message.error_code}`)
+      : null));
+}
+
+function sourceTitle(source) {
+  return source === "external"
+    ? "Sent outside Loquent (Twilio Console, another tool or a script)"
+    : "Imported from the account's message history";
+}
+
+function nearBottom() {
+  const box = els.feedScroll;
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+}
+
+function scrollToBottom() {
+  els.feedScroll.scrollTop = els.feedScroll.scrollHeight;
+}
+
+// Show ``message`` in the feed: replace the shown copy if this one is at least as new,
+// otherwise insert it in time order. Returns whether the feed changed.
+function upsertMessage(message, { fromEvent }) {
+  if (!els.feed || message.contact_id !== openContactId) return false;
+  const shown = feed.messages.get(message.id);
+  if (shown) {
+    if (Date.parse(message.updated_at) < Date.parse(shown.updated_at)) return false;
+    const node = els.feed.querySelector(`[data-message-id="${message.id}"]`);
+    feed.messages.set(message.id, message);
+    node?.replaceWith(renderMessage(message));
+    return true;
+  }
+  // A status event for a message older than everything loaded belongs to a page the user
+  // has not opened; it will be fetched with that page.
+  const oldest = els.feed.firstElementChild;
+  if (fromEvent && feed.olderCursor && oldest) {
+    const oldestMessage = feed.messages.get(Number(oldest.dataset.messageId));
+    if (oldestMessage && isBefore(message, oldestMessage)) return false;
+  }
+  feed.messages.set(message.id, message);
+  const node = renderMessage(message);
+  let after = els.feed.lastElementChild;
+  while (after && isBefore(message, feed.messages.get(Number(after.dataset.messageId)))) {
+    after = after.previousElementSibling;
+  }
+  if (after) after.after(node);
+  else els.feed.prepend(node);
+  return true;
+}
+
+function updateFeedChrome() {
+  els.feed.setAttribute("aria-busy", "false");
+  els.feedEmpty.hidden = feed.messages.size > 0;
+  els.loadOlder.hidden = !feed.olderCursor;
+}
+
+async function loadFeed() {
+  const stick = !feed.loaded || nearBottom();
+  const page = await getJSON(`/api/contacts/${openContactId}/messages?limit=${PAGE_SIZE}`);
+  if (!feed.loaded) feed.olderCursor = page.next_cursor;
+  for (const message of page.items) upsertMessage(message, { fromEvent: false });
+  feed.loaded = true;
+  updateFeedChrome();
+  if (stick) scrollToBottom();
+}
+
+async function loadOlder() {
+  if (!feed.olderCursor) return;
+  els.loadOlder.disabled = true;
+  try {
+    const cursor = encodeURIComponent(feed.olderCursor);
+    const page = await getJSON(
+      `/api/contacts/${openContactId}/messages?limit=${PAGE_SIZE}&before=${cursor}`);
+    // Keep the message the reader is looking at in place while older ones go above it.
+    const box = els.feedScroll;
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    feed.olderCursor = page.next_cursor;
+    for (const message of page.items) upsertMessage(message, { fromEvent: false });
+    updateFeedChrome();
+    box.scrollTop = box.scrollHeight - fromBottom;
+  } catch (error) {
+    reportError(error);
+  } finally {
+    els.loadOlder.disabled = false;
+  }
+}
+
+function applyToFeed(message) {
+  if (!els.feed || message.contact_id !== openContactId) return;
+  const stick = nearBottom();
+  if (upsertMessage(message, { fromEvent: true })) {
+    updateFeedChrome();
+    if (stick) scrollToBottom();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Live updates. EventSource reconnects by itself and sends Last-Event-ID; if the server
+// refuses the stream (signed out, restarting) the browser gives up, so we check whether
+// the session is still valid and reconnect from the last event id we saw.
+
+const live = {
+  source: null,
+  lastEventId: body.dataset.eventCursor || "0",
+  retryMs: 1000,
+  retryTimer: null,
+};
+
+function setLiveState(state, text) {
+  if (!els.liveStatus) return;
+  els.liveStatus.hidden = false;
+  els.liveStatus.dataset.state = state;
+  els.liveStatus.textContent = text;
+}
+
+function onLiveEvent(event) {
+  if (event.lastEventId) live.lastEventId = event.lastEventId;
+  let data;
+  try {
+    data = JSON.parse(event.data);
+  } catch {
+    return;
+  }
+  const message = data.payload;
+  if (event.type === EVT_NEW) {
+    refreshContacts();
+    applyToFeed(message);
+  } else if (event.type === EVT_STATUS) {
+    patchContactPreview(message);
+    applyToFeed(message);
+  }
+}
+
+function onResync(event) {
+  if (event.lastEventId) live.lastEventId = event.lastEventId;
+  resyncAll();
+}
+
+function resyncAll() {
+  refreshContacts();
+  if (openContactId) loadFeed().catch(reportError);
+}
+
+function connect() {
+  clearTimeout(live.retryTimer);
+  const source = new EventSource(`/api/events?after=${encodeURIComponent(live.lastEventId)}`);
+  live.source = source;
+  source.addEventListener("open", () => {
+    live.retryMs = 1000;
+    setLiveState("live", "Live");
+  });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {
+      setLiveState("offline", "Offline");
+      reconnectLater();
+    } else {
+      setLiveState("reconnecting", "Reconnecting…");
+    }
+  });
+  source.addEventListener(EVT_NEW, onLiveEvent);
+  source.addEventListener(EVT_STATUS, onLiveEvent);
+  source.addEventListener(EVT_RESYNC, onResync);
+}
+
+function reconnectLater() {
+  live.source?.close();
+  clearTimeout(live.retryTimer);
+  live.retryTimer = setTimeout(async () => {
+    try {
+      await getJSON("/api/contacts?limit=1"); // redirects to /login if the session ended
+    } catch (error) {
+      if (error instanceof Unauthorized) return;
+    }
+    live.retryMs = Math.min(live.retryMs * 2, 30000);
+    connect();
+    resyncAll(); // a closed stream may have missed events the log no longer replays
+  }, live.retryMs);
+}
+
+// ---------------------------------------------------------------------------------------
+
+function start() {
+  if (body.dataset.page !== "messaging") return;
+  els.contactsMore?.addEventListener("click", loadMoreContacts);
+  els.loadOlder?.addEventListener("click", loadOlder);
+  // Connect first: the stream resumes from the id the page was rendered at, so anything
+  // that happens while the list and feed load is still delivered.
+  connect();
+  refreshContacts();
+  if (openContactId) loadFeed().catch(reportError);
+  setInterval(refreshRelativeTimes, 30000);
+  window.addEventListener("pagehide", () => live.source?.close());
+}
+
+start();
