@@ -101,7 +101,7 @@ def demo(
     fresh: bool = typer.Option(False, "--fresh", help="Start from an empty SQLite database."),
     scenario: bool = typer.Option(True, "--scenario/--no-scenario", help="Play the scenario."),
     wait_for_viewer: float = typer.Option(
-        30.0,
+        15.0,
         "--wait-for-viewer",
         min=0,
         help="Seconds to wait for a browser to open the inbox before the scenario (0: none).",

@@ -68,7 +68,7 @@ class DemoOptions:
     fresh: bool = False
     play_scenario: bool = True
     # Start the scenario when a browser opens the inbox, or after this many seconds.
-    wait_for_viewer_seconds: float = 30.0
+    wait_for_viewer_seconds: float = 15.0
 
 
 @dataclass(frozen=True)

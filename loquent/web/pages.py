@@ -1,4 +1,4 @@
-"""Wires the browser-facing side into the app: pages, login, static files, the settings API."""
+"""Wires the browser-facing side into the app: pages, login, static files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from loquent.orgs.api import router as settings_api_router
 from loquent.web.guards import LoginRequired, login_redirect
 from loquent.web.inbox import router as inbox_router
 from loquent.web.login import router as login_router
@@ -14,7 +13,6 @@ from loquent.web.templating import STATIC_DIR, STATIC_PREFIX
 
 
 def install_web(app: FastAPI) -> None:
-    app.include_router(settings_api_router)
     app.include_router(login_router)
     app.include_router(inbox_router)
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
