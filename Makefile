@@ -45,6 +45,8 @@ chromium:
 	  else echo "chromium missing: browser tests will be skipped (apt-get install chromium)"; fi; \
 	fi
 
+## bench: webhook load, race and SSE latency on SQLite (and PostgreSQL when
+## LOQUENT_BENCH_POSTGRES_URL names a server database it may create a scratch database next to)
 bench: $(STAMP)
 	$(PY) -m bench.run
 

@@ -299,6 +299,16 @@ async def bench_backend(name: str, database_url: str, args: argparse.Namespace) 
         app.stop()
 
 
+async def _pg_admin(admin_url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--deliveries", type=int, default=2000)
@@ -310,13 +320,20 @@ def main() -> None:
     args = parser.parse_args()
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    backends = []
     with tempfile.TemporaryDirectory() as tmp:
-        backends.append(("sqlite", f"sqlite+aiosqlite:///{tmp}/bench.db"))
-        pg = os.environ.get("LOQUENT_BENCH_POSTGRES_URL")
-        if pg:
-            backends.append(("postgresql", pg))
-        results = [asyncio.run(bench_backend(name, url, args)) for name, url in backends]
+        results = [
+            asyncio.run(bench_backend("sqlite", f"sqlite+aiosqlite:///{tmp}/bench.db", args))
+        ]
+    admin_url = os.environ.get("LOQUENT_BENCH_POSTGRES_URL")
+    if admin_url:
+        # A throwaway database next to the one named, so the benchmark never touches data.
+        name = "loquent_bench_" + secrets.token_hex(4)
+        asyncio.run(_pg_admin(admin_url, f'CREATE DATABASE "{name}"'))
+        try:
+            url = admin_url.rsplit("/", 1)[0] + "/" + name
+            results.append(asyncio.run(bench_backend("postgresql", url, args)))
+        finally:
+            asyncio.run(_pg_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     document = {"at": stamp, "cpu_count": os.cpu_count(), "params": vars(args), "results": results}
     (RESULTS / f"webhook-{stamp}.json").write_text(json.dumps(document, indent=2))

@@ -85,9 +85,10 @@ async def _capture_external(session: AsyncSession, org_id: int, report: StatusRe
     """External SMS capture: a status event for a message this inbox has never seen."""
     sender = normalize_address(report.from_address)
     recipient = normalize_address(report.to_address)
-    if line := await orgs.find_line(session, org_id, sender):
+    lines = await orgs.find_lines(session, org_id, {sender, recipient})
+    if line := lines.get(sender):
         direction, counterpart = "outbound", recipient
-    elif line := await orgs.find_line(session, org_id, recipient):
+    elif line := lines.get(recipient):
         direction, counterpart = "inbound", sender
     else:
         await orgs.record_unmatched_event(session, org_id)
@@ -102,7 +103,7 @@ async def _capture_external(session: AsyncSession, org_id: int, report: StatusRe
     contact = await contacts.resolve_or_create(session, org_id, counterpart, source="external_sms")
     at = report.occurred_at or utcnow()
     has_body = bool(report.body)
-    message_id = await _insert_once(
+    message = await _insert_once(
         session,
         organization_id=org_id,
         contact_id=contact.id,
@@ -123,31 +124,29 @@ async def _capture_external(session: AsyncSession, org_id: int, report: StatusRe
         body_attempts=0,
         body_next_attempt_at=None if has_body else utcnow(),
     )
-    if message_id is None:
+    if message is None:
         # Another transaction inserted this SID first: our event is a status update of its row.
-        message = await find_by_sid(session, org_id, report.message_sid, for_update=True)
-        if message is None:  # pragma: no cover - the winner's row is committed by now
+        winner = await find_by_sid(session, org_id, report.message_sid, for_update=True)
+        if winner is None:  # pragma: no cover - the winner's row is committed by now
             raise RuntimeError("unique conflict on message without a visible winner")
-        return await _apply_status(session, message, report)
+        return await _apply_status(session, winner, report)
 
     await contacts.touch_last_contacted(session, contact.id, at)
-    message = await session.get(Message, message_id, populate_existing=True)
-    assert message is not None
     await append_event(session, org_id, EVT_MESSAGE_NEW, message_json(message))
     if not has_body:
         wake_jobs_after_commit(session)
     log.info(
         "capture.created",
         org_id=org_id,
-        message_id=message_id,
+        message_id=message.id,
         message_sid=report.message_sid,
         direction=direction,
     )
     return Outcome.CREATED
 
 
-async def _insert_once(session: AsyncSession, **values: object) -> int | None:
-    """INSERT … ON CONFLICT (organization_id, external_id) DO NOTHING RETURNING id.
+async def _insert_once(session: AsyncSession, **values: object) -> Message | None:
+    """INSERT … ON CONFLICT (organization_id, external_id) DO NOTHING RETURNING the row.
 
     Returns None when a row with that SID already exists. On PostgreSQL a concurrent insert
     of the same SID waits for the other transaction and then does nothing, so exactly one
@@ -159,9 +158,9 @@ async def _insert_once(session: AsyncSession, **values: object) -> int | None:
         insert(Message)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["organization_id", "external_id"])
-        .returning(Message.id)
+        .returning(Message)
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return (await session.scalars(stmt)).one_or_none()
 
 
 # --- inbound texts --------------------------------------------------------------------------
@@ -192,7 +191,7 @@ async def record_inbound_text(session: AsyncSession, org_id: int, text: InboundT
     contact = await contacts.resolve_or_create(session, org_id, sender, source="inbound_sms")
     at = text.occurred_at or utcnow()
     has_body = bool(text.body)
-    message_id = await _insert_once(
+    message = await _insert_once(
         session,
         organization_id=org_id,
         contact_id=contact.id,
@@ -214,11 +213,9 @@ async def record_inbound_text(session: AsyncSession, org_id: int, text: InboundT
         body_attempts=0,
         body_next_attempt_at=utcnow() if (not has_body and text.num_media) else None,
     )
-    if message_id is None:
+    if message is None:
         return Outcome.UNCHANGED
     await contacts.touch_last_contacted(session, contact.id, at)
-    message = await session.get(Message, message_id, populate_existing=True)
-    assert message is not None
     await append_event(session, org_id, EVT_MESSAGE_NEW, message_json(message))
     if message.body_state == "pending":
         wake_jobs_after_commit(session)

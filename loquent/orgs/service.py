@@ -146,6 +146,18 @@ async def find_line(session: AsyncSession, org_id: int, number: str) -> PhoneNum
     return result.scalar_one_or_none()
 
 
+async def find_lines(
+    session: AsyncSession, org_id: int, numbers: set[str]
+) -> dict[str, PhoneNumber]:
+    """The organization's lines among ``numbers``, by number (one query for both ends)."""
+    result = await session.execute(
+        select(PhoneNumber).where(
+            PhoneNumber.organization_id == org_id, PhoneNumber.number.in_(numbers)
+        )
+    )
+    return {line.number: line for line in result.scalars()}
+
+
 async def list_lines(session: AsyncSession, org_id: int) -> list[PhoneNumber]:
     result = await session.execute(
         select(PhoneNumber).where(PhoneNumber.organization_id == org_id).order_by(PhoneNumber.id)
