@@ -11,5 +11,7 @@ WEBHOOK_REJECTED = Counter(
 WEBHOOK_SECONDS = Histogram(
     "loquent_twilio_webhook_seconds", "Time to answer an Event Streams delivery"
 )
-ENRICHMENT = Counter("loquent_enrichment_total", "Body enrichment attempts", ["outcome"])
+ENRICHMENT = Counter(
+    "loquent_enrichment_total", "Body enrichment jobs finished, by outcome", ["outcome"]
+)
 SSE_STREAMS = Counter("loquent_sse_streams_total", "SSE streams opened")

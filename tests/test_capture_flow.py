@@ -99,6 +99,9 @@ async def test_console_sms_arrives_then_gets_its_body_live(flow: tuple[Stack, Si
     row = await settled(stack, sid)
     assert (row.body, row.body_state, row.status) == ("Sent from the console", "ready", "delivered")
     assert len(await sim.fetches(sid)) == 1
+    metrics = (await stack.get("/metrics")).text
+    assert 'loquent_enrichment_total{outcome="ready"}' in metrics
+    assert 'loquent_twilio_events_total{outcome="created",type="queued"}' in metrics
 
 
 async def test_fifty_concurrent_events_make_one_row_one_new_event_one_fetch(

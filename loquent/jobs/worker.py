@@ -27,6 +27,7 @@ from loquent.db import Database, is_storage_outage, utcnow
 from loquent.jobs.backoff import backoff_delay
 from loquent.jobs.queue import Claim, claim_due_bodies, count_pending, next_due_at, release_claims
 from loquent.messaging.tasks import EnrichContext, enrich_body
+from loquent.metrics import ENRICHMENT
 from loquent.orgs.crypto import SecretBox
 from loquent.realtime import log as event_log
 from loquent.realtime.notifier import JOBS_TOPIC, Notifier, build_notifier
@@ -243,11 +244,13 @@ class Worker:
                 assert self._ctx is not None  # set by start()
                 outcome = await enrich_body(self._ctx, claim)
                 self.outcomes[str(outcome)] += 1
+                ENRICHMENT.labels(outcome=str(outcome)).inc()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one job's failure must not touch the others
             # The lease runs out and the row is claimed again, the attempt counted.
             self.outcomes["error"] += 1
+            ENRICHMENT.labels(outcome="error").inc()
             if is_storage_outage(exc):
                 log.warning(
                     "worker.job_storage_unavailable",
