@@ -5,6 +5,7 @@ Plain async functions taking a session; the caller owns the transaction.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -177,7 +178,7 @@ async def get_or_create_user(
         user = User(email=email)
         session.add(user)
     if password is not None:
-        user.password_hash = hash_password(password)
+        user.password_hash = await asyncio.to_thread(hash_password, password)
     await session.flush()
     return user
 
@@ -201,7 +202,9 @@ async def authenticate_password(
     user = (
         await session.execute(select(User).where(User.email == email.strip().lower()))
     ).scalar_one_or_none()
-    if not verify_password(password, user.password_hash if user else None) or user is None:
+    # Argon2 is deliberately slow: keep it off the event loop.
+    stored = user.password_hash if user else None
+    if not await asyncio.to_thread(verify_password, password, stored) or user is None:
         return None
     member = (
         await session.execute(

@@ -18,6 +18,7 @@ from loquent.orgs.auth import SESSION_COOKIE
 from loquent.web.guards import FormError, read_small_form, safe_next
 from loquent.web.login_token import LOGIN_COOKIE, LoginFormTokens
 from loquent.web.templating import render
+from loquent.web.throttle import LoginThrottle
 
 router = APIRouter(include_in_schema=False)
 
@@ -25,6 +26,11 @@ MAX_EMAIL_CHARS = 320
 # Password hashing is deliberately slow; hashing megabytes on request would be a cheap DoS.
 MAX_PASSWORD_CHARS = 1024
 _COOKIE_PATH = "/"
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    throttle: LoginThrottle = request.app.state.login_throttle
+    return throttle
 
 
 def _tokens(ctx: AppContext) -> LoginFormTokens:
@@ -102,10 +108,24 @@ async def login_submit(request: Request, ctx: AppContext = Depends(get_context))
     if len(password) > MAX_PASSWORD_CHARS:
         return again(f"Passwords are at most {MAX_PASSWORD_CHARS} characters long.", 400)
 
+    client = request.client.host if request.client else "unknown"
+    wait = _throttle(request).retry_after(email, client)
+    if wait > 0:
+        minutes = max(1, round(wait / 60))
+        response = again(
+            f"Too many failed sign-ins. Try again in about {minutes} minute"
+            f"{'s' if minutes != 1 else ''}.",
+            429,
+        )
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+
     async with ctx.db.reader() as session:
         found = await service.authenticate_password(session, email, password)
     if found is None:
+        _throttle(request).failed(email, client)
         return again("Email or password is incorrect.", 401)
+    _throttle(request).succeeded(email)
     user, member = found
 
     settings = ctx.settings

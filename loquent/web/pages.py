@@ -10,9 +10,11 @@ from loquent.web.guards import LoginRequired, login_redirect
 from loquent.web.inbox import router as inbox_router
 from loquent.web.login import router as login_router
 from loquent.web.templating import STATIC_DIR, STATIC_PREFIX
+from loquent.web.throttle import LoginThrottle
 
 
 def install_web(app: FastAPI) -> None:
+    app.state.login_throttle = LoginThrottle()
     app.include_router(login_router)
     app.include_router(inbox_router)
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
