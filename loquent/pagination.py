@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from datetime import datetime
 from typing import Any
 
 from loquent.errors import ApiError
@@ -23,3 +24,21 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
     if not isinstance(values, list) or len(values) != arity:
         raise ApiError(400, "invalid_cursor", "cursor is not valid")
     return values
+
+
+def encode_keyset(at: datetime | None, row_id: int) -> str:
+    """A (time, id) keyset position; the time may be None (rows that sort last)."""
+    return encode_cursor(at.isoformat() if at is not None else None, row_id)
+
+
+def decode_keyset(cursor: str, *, allow_null_time: bool = False) -> tuple[datetime | None, int]:
+    at_raw, row_id = decode_cursor(cursor, 2)
+    if not isinstance(row_id, int) or isinstance(row_id, bool):
+        raise ApiError(400, "invalid_cursor", "cursor is not valid")
+    if at_raw is None and allow_null_time:
+        return None, row_id
+    try:
+        at = datetime.fromisoformat(at_raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "invalid_cursor", "cursor is not valid") from None
+    return at, row_id

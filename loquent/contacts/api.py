@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Depends, Query
 
 from loquent.contacts import service
 from loquent.contacts.schemas import ContactListItem, ContactPage
 from loquent.context import AppContext, get_context
-from loquent.errors import ApiError
 from loquent.messaging import service as messaging
 from loquent.messaging.schemas import message_json
 from loquent.orgs.auth import require_principal
 from loquent.orgs.service import Principal
-from loquent.pagination import decode_cursor, encode_cursor
+from loquent.pagination import decode_keyset, encode_keyset
 
 router = APIRouter(prefix="/api", tags=["contacts"])
 
@@ -26,16 +23,7 @@ async def list_contacts(
     principal: Principal = Depends(require_principal),
     ctx: AppContext = Depends(get_context),
 ) -> ContactPage:
-    after = None
-    if cursor:
-        at_raw, last_id = decode_cursor(cursor, 2)
-        try:
-            at = datetime.fromisoformat(at_raw) if at_raw is not None else None
-        except (TypeError, ValueError):
-            raise ApiError(400, "invalid_cursor", "cursor is not valid") from None
-        if not isinstance(last_id, int):
-            raise ApiError(400, "invalid_cursor", "cursor is not valid")
-        after = (at, last_id)
+    after = decode_keyset(cursor, allow_null_time=True) if cursor else None
     org_id = principal.organization_id
     async with ctx.db.reader() as session:
         rows = await service.list_contacts(session, org_id, limit=limit + 1, after=after)
@@ -55,6 +43,5 @@ async def list_contacts(
     next_cursor = None
     if more and page:
         tail = page[-1][0]
-        at_value = tail.last_contacted_at.isoformat() if tail.last_contacted_at else None
-        next_cursor = encode_cursor(at_value, tail.id)
+        next_cursor = encode_keyset(tail.last_contacted_at, tail.id)
     return ContactPage(items=items, next_cursor=next_cursor)

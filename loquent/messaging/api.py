@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -15,7 +14,7 @@ from loquent.messaging import service
 from loquent.messaging.schemas import MessageOut, message_json
 from loquent.orgs.auth import require_principal
 from loquent.orgs.service import Principal
-from loquent.pagination import decode_cursor, encode_cursor
+from loquent.pagination import decode_keyset, encode_keyset
 
 router = APIRouter(prefix="/api", tags=["messages"])
 
@@ -35,13 +34,8 @@ async def list_messages(
 ) -> dict[str, Any]:
     cursor = None
     if before:
-        at_raw, last_id = decode_cursor(before, 2)
-        try:
-            at = datetime.fromisoformat(at_raw)
-        except (TypeError, ValueError):
-            raise ApiError(400, "invalid_cursor", "cursor is not valid") from None
-        if not isinstance(last_id, int):
-            raise ApiError(400, "invalid_cursor", "cursor is not valid")
+        at, last_id = decode_keyset(before)
+        assert at is not None  # message cursors always carry a time
         cursor = (at, last_id)
     org_id = principal.organization_id
     async with ctx.db.reader() as session:
@@ -52,5 +46,5 @@ async def list_messages(
         )
     more = len(rows) > limit
     page = rows[1:] if more else rows  # rows are oldest→newest; the extra one is the oldest
-    next_cursor = encode_cursor(page[0].created_at.isoformat(), page[0].id) if more else None
+    next_cursor = encode_keyset(page[0].created_at, page[0].id) if more else None
     return {"items": [message_json(m) for m in page], "next_cursor": next_cursor}

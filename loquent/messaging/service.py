@@ -101,28 +101,22 @@ async def _capture_external(session: AsyncSession, org_id: int, report: StatusRe
         return Outcome.UNMATCHED
 
     contact = await contacts.resolve_or_create(session, org_id, counterpart, source="external_sms")
-    at = report.occurred_at or utcnow()
-    has_body = bool(report.body)
-    message = await _insert_once(
+    message = await _create_message(
         session,
-        organization_id=org_id,
+        org_id=org_id,
         contact_id=contact.id,
-        phone_number_id=line.id,
-        channel="sms",
+        line_id=line.id,
         direction=direction,
-        from_address=sender,
-        to_address=recipient,
-        body=report.body if has_body else None,
+        sender=sender,
+        recipient=recipient,
+        sid=report.message_sid,
         status=report.status,
         error_code=report.error_code,
         source="external",
-        external_id=report.message_sid,
+        body=report.body,
         num_media=report.num_media or 0,
-        created_at=at,
-        updated_at=utcnow(),
-        body_state="ready" if has_body else "pending",
-        body_attempts=0,
-        body_next_attempt_at=None if has_body else utcnow(),
+        at=report.occurred_at or utcnow(),
+        fetch_body=True,
     )
     if message is None:
         # Another transaction inserted this SID first: our event is a status update of its row.
@@ -130,11 +124,6 @@ async def _capture_external(session: AsyncSession, org_id: int, report: StatusRe
         if winner is None:  # pragma: no cover - the winner's row is committed by now
             raise RuntimeError("unique conflict on message without a visible winner")
         return await _apply_status(session, winner, report)
-
-    await contacts.touch_last_contacted(session, contact.id, at)
-    await append_event(session, org_id, EVT_MESSAGE_NEW, message_json(message))
-    if not has_body:
-        wake_jobs_after_commit(session)
     log.info(
         "capture.created",
         org_id=org_id,
@@ -143,6 +132,60 @@ async def _capture_external(session: AsyncSession, org_id: int, report: StatusRe
         direction=direction,
     )
     return Outcome.CREATED
+
+
+async def _create_message(
+    session: AsyncSession,
+    *,
+    org_id: int,
+    contact_id: int,
+    line_id: int,
+    direction: str,
+    sender: str,
+    recipient: str,
+    sid: str,
+    status: str,
+    error_code: str | None,
+    source: str,
+    body: str | None,
+    num_media: int,
+    at: datetime,
+    fetch_body: bool,
+) -> Message | None:
+    """Insert a message once per SID and, if this transaction won, do what a new message
+    implies in the same transaction: move the contact forward, publish ``message.new`` and
+    leave the body pending for the worker when it must be fetched. None if the SID existed.
+    """
+    has_body = bool(body)
+    body_state = "ready" if has_body else ("pending" if fetch_body else "empty")
+    message = await _insert_once(
+        session,
+        organization_id=org_id,
+        contact_id=contact_id,
+        phone_number_id=line_id,
+        channel="sms",
+        direction=direction,
+        from_address=sender,
+        to_address=recipient,
+        body=body if has_body else None,
+        status=status,
+        error_code=error_code,
+        source=source,
+        external_id=sid,
+        num_media=num_media,
+        created_at=at,
+        updated_at=utcnow(),
+        body_state=body_state,
+        body_attempts=0,
+        body_next_attempt_at=utcnow() if body_state == "pending" else None,
+    )
+    if message is None:
+        return None
+    await contacts.touch_last_contacted(session, contact_id, at)
+    await append_event(session, org_id, EVT_MESSAGE_NEW, message_json(message))
+    if body_state == "pending":
+        wake_jobs_after_commit(session)
+    return message
 
 
 async def _insert_once(session: AsyncSession, **values: object) -> Message | None:
@@ -189,37 +232,25 @@ async def record_inbound_text(session: AsyncSession, org_id: int, text: InboundT
         session, org_id, recipient
     )
     contact = await contacts.resolve_or_create(session, org_id, sender, source="inbound_sms")
-    at = text.occurred_at or utcnow()
-    has_body = bool(text.body)
-    message = await _insert_once(
+    message = await _create_message(
         session,
-        organization_id=org_id,
+        org_id=org_id,
         contact_id=contact.id,
-        phone_number_id=line.id,
-        channel="sms",
+        line_id=line.id,
         direction="inbound",
-        from_address=sender,
-        to_address=recipient,
-        body=text.body if has_body else None,
+        sender=sender,
+        recipient=recipient,
+        sid=text.message_sid,
         status="received",
         error_code=None,
         source="loquent",
-        external_id=text.message_sid,
+        body=text.body,
         num_media=text.num_media,
-        created_at=at,
-        updated_at=utcnow(),
+        at=text.occurred_at or utcnow(),
         # An MMS with no text still has media worth fetching; a bare empty SMS is just empty.
-        body_state="ready" if has_body else ("pending" if text.num_media else "empty"),
-        body_attempts=0,
-        body_next_attempt_at=utcnow() if (not has_body and text.num_media) else None,
+        fetch_body=bool(text.num_media),
     )
-    if message is None:
-        return Outcome.UNCHANGED
-    await contacts.touch_last_contacted(session, contact.id, at)
-    await append_event(session, org_id, EVT_MESSAGE_NEW, message_json(message))
-    if message.body_state == "pending":
-        wake_jobs_after_commit(session)
-    return Outcome.CREATED
+    return Outcome.CREATED if message is not None else Outcome.UNCHANGED
 
 
 # --- body enrichment ------------------------------------------------------------------------
