@@ -17,6 +17,7 @@ from loquent.context import AppContext
 from loquent.errors import install_error_handlers
 from loquent.logging import configure_logging
 from loquent.messaging.api import router as messages_router
+from loquent.messaging.media_api import router as media_router
 from loquent.orgs.api import router as settings_router
 from loquent.realtime.api import router as realtime_router
 from loquent.twilio.events_api import router as twilio_events_router
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(twilio_events_router, tags=["twilio"])
     app.include_router(contacts_router)
     app.include_router(messages_router)
+    app.include_router(media_router)
     app.include_router(realtime_router)
     app.include_router(settings_router)
 

@@ -199,11 +199,12 @@ ORG_SPECS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running_stack(root: Path, **extra_env: str) -> Iterator[Stack]:
+    """The simulator and the app as subprocesses on a fresh SQLite file under ``root``,
+    seeded with ``ORG_SPECS``; ``extra_env`` adds or overrides the app's settings."""
     from loquent.migrate import upgrade
 
-    root = tmp_path_factory.mktemp("e2e")
     database_url = f"sqlite+aiosqlite:///{root / 'loquent.db'}"
     upgrade(database_url)
 
@@ -224,6 +225,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "LOQUENT_SSE_POLL_SECONDS": "1",
         "LOQUENT_LOG_LEVEL": "WARNING",
         "LOQUENT_SIMULATOR_URL": sim_url,
+        **extra_env,
     }
     stack = Stack(app_url=app_url, sim_url=sim_url, database_url=database_url, logs_dir=root)
     processes: list[subprocess.Popen[bytes]] = []
@@ -295,6 +297,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         for process in reversed(processes):
             _stop(process)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("e2e")) as running:
+        yield running
+
+
+# Streams end this soon in ``short_stream_stack``, so a test sees browsers reconnect.
+SHORT_STREAM_SECONDS = 3.0
+
+
+@pytest.fixture(scope="session")
+def short_stream_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own whose SSE streams end after ``SHORT_STREAM_SECONDS``."""
+    with running_stack(
+        tmp_path_factory.mktemp("e2e-short-streams"),
+        LOQUENT_SSE_MAX_STREAM_SECONDS=str(SHORT_STREAM_SECONDS),
+    ) as running:
+        yield running
 
 
 # --- the browser ----------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 //
 // Every message goes through upsertMessage(), which ignores a copy older than the one shown
 // (by updated_at), so a fetch and an event racing each other cannot roll a message back.
+// A message with MMS media fetches its media list once (again only if num_media changes)
+// and shows image thumbnails and download links in place of "N attachments".
 
 const EVT_NEW = "messaging.message.new";
 const EVT_STATUS = "messaging.message.status";
@@ -177,8 +179,10 @@ function renderPreview(message) {
   if (state === "ready") {
     return el("span", { class: "contact-preview" }, prefix + message.body);
   }
+  const note = state === "empty" && message.num_media > 0
+    ? attachmentsText(message.num_media) : BODY_NOTES[state] || "";
   return el("span", { class: "contact-preview muted", "data-body-state": state },
-    prefix, el("em", {}, BODY_NOTES[state] || ""));
+    prefix, el("em", {}, note));
 }
 
 function renderContact(item) {
@@ -259,8 +263,12 @@ async function loadMoreContacts() {
 }
 
 // A body arriving for a contact's latest message updates its preview without a fetch.
+// A list already on its way may have been read before this change (a body fetched right
+// after the message appeared), and would put the old preview back: fetch once more after it.
 function patchContactPreview(message) {
-  if (!els.contactList || contacts.lastMessageOf.get(message.contact_id) !== message.id) return;
+  if (!els.contactList) return;
+  if (contacts.inFlight) contacts.again = true;
+  if (contacts.lastMessageOf.get(message.contact_id) !== message.id) return;
   const item = els.contactList.querySelector(`[data-contact-id="${message.contact_id}"]`);
   const preview = item?.querySelector(".contact-preview");
   if (preview) preview.replaceWith(renderPreview(message));
@@ -288,6 +296,8 @@ function isBefore(a, b) {
 function renderBody(message) {
   const state = bodyState(message);
   if (state === "ready") return el("p", { class: "message-body" }, message.body);
+  // A picture sent without words needs no "no text" note: the picture is the message.
+  if (state === "empty" && message.num_media > 0) return null;
   const classes = state === "pending" ? "message-body body-placeholder" : "message-body body-note";
   return el("p", { class: classes, "data-body-state": state }, BODY_NOTES[state] || "");
 }
@@ -295,10 +305,6 @@ function renderBody(message) {
 function renderMessage(message) {
   const source = sourceLabel(message.source);
   const tone = statusTone(message.status);
-  const media = message.num_media > 0
-    ? el("p", { class: "message-media" },
-      message.num_media === 1 ? "1 attachment" : `${message.num_media} attachments`)
-    : null;
   return el("li", {
     class: `message ${message.direction === "outbound" ? "outbound" : "inbound"}`,
     "data-message-id": message.id,
@@ -307,7 +313,7 @@ function renderMessage(message) {
     "data-body-state": bodyState(message),
     "data-source": message.source || "",
   },
-  el("div", { class: "bubble" }, renderBody(message), media),
+  el("div", { class: "bubble" }, renderBody(message), renderMedia(message)),
   el("div", { class: "message-meta" },
     timeElement(message.created_at, { relative: false }),
     source ? el("span", { class: "source-badge", title: sourceTitle(message.source) }, source)
@@ -344,6 +350,7 @@ function upsertMessage(message, { fromEvent }) {
     const node = els.feed.querySelector(`[data-message-id="${message.id}"]`);
     feed.messages.set(message.id, message);
     node?.replaceWith(renderMessage(message));
+    loadMedia(message);
     return true;
   }
   // A status event for a message older than everything loaded belongs to a page the user
@@ -361,7 +368,84 @@ function upsertMessage(message, { fromEvent }) {
   }
   if (after) after.after(node);
   else els.feed.prepend(node);
+  loadMedia(message);
   return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// MMS media. The list exists once the body fetch has stored it, so it is asked for when a
+// message with media is no longer pending, once per (message, num_media); until it
+// arrives, and whenever it holds nothing, the bubble says "N attachments". Files come
+// through the app (/api/messages/{id}/media/{sid}): the browser never talks to Twilio.
+
+const media = {
+  shown: new Map(), // message id -> media items last fetched
+  asked: new Map(), // message id -> key of the list requested (see mediaKey)
+};
+
+function attachmentsText(count) {
+  return count === 1 ? "1 attachment" : `${count} attachments`;
+}
+
+function mediaKey(message) {
+  return `${message.num_media}:${bodyState(message) === "pending" ? "pending" : "settled"}`;
+}
+
+// SVG can carry script and is served as a download, so it is never a thumbnail.
+function isThumbnail(contentType) {
+  return contentType.startsWith("image/") && contentType !== "image/svg+xml";
+}
+
+function renderAttachment(item) {
+  if (isThumbnail(item.content_type)) {
+    return el("a", {
+      class: "media-thumb", href: item.url, target: "_blank", rel: "noopener",
+      title: "Open the full image", "data-media-sid": item.sid,
+    },
+    // loading before src: a detached <img> starts its download as soon as it has a src.
+    el("img", { loading: "lazy", decoding: "async", alt: "Image attachment", src: item.url }));
+  }
+  return el("a", {
+    class: "media-file", href: item.url, download: "", "data-media-sid": item.sid,
+  }, "Download attachment", el("span", { class: "media-type" }, ` (${item.content_type})`));
+}
+
+function renderMedia(message) {
+  if (!(message.num_media > 0)) return null;
+  const items = media.shown.get(message.id);
+  if (!items || items.length === 0) {
+    return el("p", { class: "message-media", "data-media-state": items ? "none" : "loading" },
+      attachmentsText(message.num_media));
+  }
+  return el("div", { class: "message-media", "data-media-state": "loaded" },
+    ...items.map(renderAttachment));
+}
+
+function loadMedia(message) {
+  if (!(message.num_media > 0) || bodyState(message) === "pending") return;
+  const key = mediaKey(message);
+  if (media.asked.get(message.id) === key) return; // loaded, or on its way
+  media.asked.set(message.id, key);
+  getJSON(`/api/messages/${message.id}/media`)
+    .then((page) => {
+      if (media.asked.get(message.id) !== key) return; // a newer list was asked for
+      media.shown.set(message.id, page.items);
+      patchMedia(message.id);
+    })
+    .catch((error) => {
+      // Leave the "N attachments" text; the next update of the message asks again.
+      if (media.asked.get(message.id) === key) media.asked.delete(message.id);
+      if (!(error instanceof Unauthorized)) console.warn("media list not loaded", error);
+    });
+}
+
+function patchMedia(messageId) {
+  const message = feed.messages.get(messageId);
+  const node = els.feed?.querySelector(`[data-message-id="${messageId}"] .message-media`);
+  if (!message || !node) return;
+  const stick = nearBottom();
+  node.replaceWith(renderMedia(message));
+  if (stick) scrollToBottom();
 }
 
 function updateFeedChrome() {
@@ -370,14 +454,31 @@ function updateFeedChrome() {
   els.loadOlder.hidden = !feed.olderCursor;
 }
 
+// After a resync, the newest page may not reach back to what is shown: the messages in
+// between were never loaded, and "Load older" would page back from the old top and skip
+// them. Then the feed starts over from this page.
+function leavesGap(page) {
+  if (!feed.loaded || !page.next_cursor || page.items.length === 0) return false;
+  const oldest = page.items[0];
+  if (feed.messages.has(oldest.id)) return false;
+  const last = els.feed.lastElementChild;
+  const newestShown = last && feed.messages.get(Number(last.dataset.messageId));
+  return Boolean(newestShown) && isBefore(newestShown, oldest);
+}
+
 async function loadFeed() {
   const stick = !feed.loaded || nearBottom();
   const page = await getJSON(`/api/contacts/${openContactId}/messages?limit=${PAGE_SIZE}`);
-  if (!feed.loaded) feed.olderCursor = page.next_cursor;
+  const startOver = leavesGap(page);
+  if (startOver) {
+    feed.messages.clear();
+    els.feed.replaceChildren();
+  }
+  if (!feed.loaded || startOver) feed.olderCursor = page.next_cursor;
   for (const message of page.items) upsertMessage(message, { fromEvent: false });
   feed.loaded = true;
   updateFeedChrome();
-  if (stick) scrollToBottom();
+  if (stick || startOver) scrollToBottom();
 }
 
 async function loadOlder() {
