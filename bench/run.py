@@ -90,12 +90,14 @@ class App:
             check=True,
             capture_output=True,
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loquent.cli", "serve", "--port", str(self.port)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.log = RESULTS / f"server-{self.port}.log"
+        with self.log.open("wb") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "loquent.cli", "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -70,6 +70,9 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     workers: int = typer.Option(1, help="Web processes. Use Redis to fan out events across them."),
+    keep_alive: int = typer.Option(
+        75, "--keep-alive", help="Seconds an idle client connection is kept open."
+    ),
 ) -> None:
     """Start the web server (and, by default, the in-process job worker)."""
     import uvicorn
@@ -88,6 +91,9 @@ def serve(
         port=port,
         workers=workers,
         timeout_graceful_shutdown=5,
+        # Longer than the idle timeout of common proxies and load balancers (60 s), so the
+        # server never closes a kept-alive connection just as the client reuses it.
+        timeout_keep_alive=keep_alive,
         proxy_headers=True,
         log_level=settings.log_level.lower(),
     )
