@@ -337,3 +337,30 @@ async def test_a_bad_event_rejects_the_whole_delivery(stack: Stack) -> None:
     response = await stack.post_events([good, bad])
     assert response.status_code == 400
     await nothing_written(stack)
+
+
+async def test_concurrent_inbound_texts_to_a_new_number_register_one_line(stack: Stack) -> None:
+    from loquent.orgs.models import PhoneNumber
+
+    new_line = "+14155550155"
+    async with httpx.AsyncClient(timeout=30) as http:
+        responses = await asyncio.gather(
+            *[
+                stack.post_events(
+                    [
+                        inbound_event(
+                            sid=new_sid("SM"),
+                            account=stack.org.account_sid,
+                            from_=f"+1202555{i:04d}",
+                            to=new_line,
+                            body=f"hello {i}",
+                        )
+                    ],
+                    client=http,
+                )
+                for i in range(10)
+            ]
+        )
+    assert [r.status_code for r in responses] == [200] * 10
+    assert await stack.count(PhoneNumber, PhoneNumber.number == new_line) == 1
+    assert await stack.count(Message, Message.to_address == new_line) == 10

@@ -228,9 +228,7 @@ async def record_inbound_text(session: AsyncSession, org_id: int, text: InboundT
     recipient = normalize_address(text.to_address)
     # Twilio only delivers inbound texts for numbers on the account, so the receiving number
     # is an organization line even if it has not been imported yet.
-    line = await orgs.find_line(session, org_id, recipient) or await orgs.add_phone_number(
-        session, org_id, recipient
-    )
+    line = await orgs.add_phone_number(session, org_id, recipient)
     contact = await contacts.resolve_or_create(session, org_id, sender, source="inbound_sms")
     message = await _create_message(
         session,

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from loquent.db import utcnow
+from loquent.db import is_unique_violation, utcnow
 from loquent.orgs.crypto import SecretBox, token_digest
 from loquent.orgs.models import ApiToken, Member, Organization, PhoneNumber, User, UserSession
 from loquent.orgs.passwords import hash_password, verify_password
@@ -123,19 +124,31 @@ async def add_phone_number(
     twilio_sid: str | None = None,
     friendly_name: str = "",
 ) -> PhoneNumber:
+    """Get or create the line; race-safe like contacts (unique (organization_id, number))."""
     existing = await find_line(session, org_id, number)
-    if existing is not None:
-        if twilio_sid:
-            existing.twilio_sid = twilio_sid
-        if friendly_name:
-            existing.friendly_name = friendly_name
-        return existing
-    line = PhoneNumber(
-        organization_id=org_id, number=number, twilio_sid=twilio_sid, friendly_name=friendly_name
-    )
-    session.add(line)
-    await session.flush()
-    return line
+    if existing is None:
+        try:
+            async with session.begin_nested():
+                line = PhoneNumber(
+                    organization_id=org_id,
+                    number=number,
+                    twilio_sid=twilio_sid,
+                    friendly_name=friendly_name,
+                )
+                session.add(line)
+                await session.flush()
+            return line
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+        existing = await find_line(session, org_id, number)
+        if existing is None:  # pragma: no cover - the winner's row is committed by now
+            raise RuntimeError("unique conflict on phone_number without a visible winner")
+    if twilio_sid:
+        existing.twilio_sid = twilio_sid
+    if friendly_name:
+        existing.friendly_name = friendly_name
+    return existing
 
 
 async def find_line(session: AsyncSession, org_id: int, number: str) -> PhoneNumber | None:
