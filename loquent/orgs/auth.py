@@ -20,20 +20,33 @@ from loquent.orgs.service import Principal
 SESSION_COOKIE = "loquent_session"
 CSRF_HEADER = "x-csrf-token"
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+_MAX_CREDENTIAL_CHARS = 200  # ours are ~45; anything longer is not worth a database lookup
+
+
+def session_cookie(request: Request) -> str | None:
+    """The raw session cookie, if it is plausibly one of ours."""
+    raw = request.cookies.get(SESSION_COOKIE)
+    return raw if raw and len(raw) <= _MAX_CREDENTIAL_CHARS else None
+
+
+async def session_principal(request: Request, ctx: AppContext) -> Principal | None:
+    """Who the session cookie belongs to, if it names a live session."""
+    raw = session_cookie(request)
+    if raw is None:
+        return None
+    async with ctx.db.reader() as session:
+        return await service.authenticate_session(session, raw)
 
 
 async def principal_from_request(request: Request, ctx: AppContext) -> Principal | None:
     header = request.headers.get("authorization")
+    if header is None:
+        return await session_principal(request, ctx)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or len(token) > _MAX_CREDENTIAL_CHARS:
+        return None
     async with ctx.db.reader() as session:
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip() or len(token) > 200:
-                return None
-            return await service.authenticate_token(session, token.strip())
-        raw = request.cookies.get(SESSION_COOKIE)
-        if not raw or len(raw) > 200:
-            return None
-        return await service.authenticate_session(session, raw)
+        return await service.authenticate_token(session, token.strip())
 
 
 async def require_principal(request: Request, ctx: AppContext = Depends(get_context)) -> Principal:

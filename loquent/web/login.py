@@ -14,7 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from loquent.context import AppContext, get_context
 from loquent.orgs import service
-from loquent.orgs.auth import SESSION_COOKIE
+from loquent.orgs.auth import SESSION_COOKIE, session_cookie, session_principal
 from loquent.web.guards import FormError, read_small_form, safe_next
 from loquent.web.login_token import LOGIN_COOKIE, LoginFormTokens
 from loquent.web.templating import render
@@ -68,11 +68,8 @@ def _login_page(
 @router.get("/login")
 async def login_form(request: Request, ctx: AppContext = Depends(get_context)) -> Response:
     next_path = safe_next(request.query_params.get("next"))
-    raw = request.cookies.get(SESSION_COOKIE)
-    if raw and len(raw) <= 200:
-        async with ctx.db.reader() as session:
-            if await service.authenticate_session(session, raw) is not None:
-                return RedirectResponse(next_path, status_code=303)
+    if await session_principal(request, ctx) is not None:
+        return RedirectResponse(next_path, status_code=303)
     return _login_page(request, ctx, next_path=next_path)
 
 
@@ -131,8 +128,8 @@ async def login_submit(request: Request, ctx: AppContext = Depends(get_context))
     settings = ctx.settings
     async with ctx.db.session() as session:
         # A new session on every login, and the old one gone: no session fixation.
-        previous = request.cookies.get(SESSION_COOKIE)
-        if previous and len(previous) <= 200:
+        previous = session_cookie(request)
+        if previous is not None:
             await service.end_session(session, previous)
         raw, _ = await service.create_session(
             session, user.id, member.organization_id, settings.session_max_age_seconds
@@ -156,11 +153,7 @@ async def login_submit(request: Request, ctx: AppContext = Depends(get_context))
 @router.get("/logout")
 async def logout_confirm(request: Request, ctx: AppContext = Depends(get_context)) -> Response:
     """Someone typed /logout: ask, because signing out must be a POST carrying the token."""
-    raw = request.cookies.get(SESSION_COOKIE)
-    principal = None
-    if raw and len(raw) <= 200:
-        async with ctx.db.reader() as session:
-            principal = await service.authenticate_session(session, raw)
+    principal = await session_principal(request, ctx)
     if principal is None:
         return RedirectResponse("/login", status_code=303)
     return render(request, "logout.html", {"logout_token": principal.csrf_token})
@@ -168,11 +161,8 @@ async def logout_confirm(request: Request, ctx: AppContext = Depends(get_context
 
 @router.post("/logout")
 async def logout(request: Request, ctx: AppContext = Depends(get_context)) -> Response:
-    raw = request.cookies.get(SESSION_COOKIE)
-    principal = None
-    if raw and len(raw) <= 200:
-        async with ctx.db.reader() as session:
-            principal = await service.authenticate_session(session, raw)
+    raw = session_cookie(request)
+    principal = await session_principal(request, ctx)
     if principal is not None and raw is not None:
         try:
             form = await read_small_form(request)
