@@ -1,0 +1,24 @@
+"""Connecting a Twilio account, its numbers and its event sink.
+
+Revision ID: m20261125_000300
+Revises: m20261125_000200
+Create Date: 2026-11-25 00:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa  # noqa: F401
+from alembic import op  # noqa: F401
+
+revision: str = "m20261125_000300"
+down_revision: str | None = "m20261125_000200"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

@@ -1,0 +1,2 @@
+// Settings: message bodies that could not be fetched, and the owner's retry.
+import { api } from "./api.js";

@@ -1,0 +1,2 @@
+// Settings: import the account's message history and follow its progress live.
+import { api } from "./api.js";

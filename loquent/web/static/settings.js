@@ -1,0 +1,2 @@
+// Settings: the Twilio connection, phone numbers and the event sink (owner actions).
+import { api } from "./api.js";
