@@ -1,24 +1,37 @@
 # Loquent — the two commands: `make run` (demo) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEMO_DB ?= .demo/loquent.db
 
 .PHONY: run test lint typecheck test-unit test-e2e bench install clean chromium
 
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+# Installs come from uv.lock (`uv lock` after changing pyproject.toml), into $(VENV).
+SYNC := UV_PROJECT_ENVIRONMENT=$(abspath $(VENV)) $(UV) sync --frozen --inexact --quiet
+RUN_STAMP := $(VENV)/.installed-run
+
 $(PY):
 	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
-	$(PIP) install -q -e '.[dev]'
-	@touch $(STAMP)
+$(UV): | $(PY)
+	$(VENV)/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+# Tests and tools: both database drivers, Redis, the test and lint groups.
+$(STAMP): $(UV) pyproject.toml uv.lock
+	$(SYNC) --all-extras --group dev
+	@touch $(STAMP) $(RUN_STAMP)
+
+# The embedded default needs neither extra. (--inexact: keep uv itself, and what `make test` added.)
+$(RUN_STAMP): $(UV) pyproject.toml uv.lock
+	$(SYNC) --no-default-groups
+	@touch $(RUN_STAMP)
 
 install: $(STAMP)
 
 ## run: set everything up and start the demo (SQLite, in-process events/jobs, Twilio simulator)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@mkdir -p .demo
 	LOQUENT_DATABASE_URL=$${LOQUENT_DATABASE_URL:-sqlite+aiosqlite:///$(DEMO_DB)} $(VENV)/bin/loquent demo
 

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from loquent import __version__
 from loquent.config import Settings, get_settings
 from loquent.contacts.api import router as contacts_router
 from loquent.context import AppContext
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Loquent",
-        version="0.1.0",
+        version=__version__,
         description="Multi-tenant SMS inbox for organizations that bring their own Twilio account.",
         lifespan=lifespan,
     )
