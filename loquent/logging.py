@@ -89,22 +89,31 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
 def _stdlib_record(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """A standard-library record: its logger name, and SQL parameters replaced."""
+    """A standard-library record: name its logger."""
     record: logging.LogRecord | None = event_dict.get("_record")
     if record is not None and not event_dict.get("_from_structlog"):
         event_dict.setdefault("logger", record.name)
-        if record.name.startswith("sqlalchemy.engine"):
-            event_dict["event"] = _sql_without_parameters(record)
     return event_dict
 
 
-def _sql_without_parameters(record: logging.LogRecord) -> str:
-    # SQLAlchemy logs a statement as one record and its parameters as the next,
-    # "[%s] %r" % (timing, parameters): keep the timing, drop the parameters.
-    if isinstance(record.msg, str) and record.msg.startswith("[%s]") and record.args:
-        args = record.args if isinstance(record.args, tuple) else (record.args,)
-        return f"[{args[0]}] {SQL_PARAMETERS_REDACTED}"
-    return record.getMessage()
+class _SqlParametersFilter(logging.Filter):
+    """SQLAlchemy logs a statement's parameters as a ``%r`` argument of its own record
+    ("[generated in 0.0001s] ('a message body', …)"): keep the text, drop the parameters.
+    A filter, because it must see the arguments before the message is formatted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.name.startswith("sqlalchemy.engine")
+            and isinstance(record.msg, str)
+            and "%r" in record.msg
+            and record.args
+        ):
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.msg = record.msg.replace("%r", "%s")
+            record.args = tuple(
+                a if isinstance(a, str | int | float) else SQL_PARAMETERS_REDACTED for a in args
+            )
+        return True
 
 
 def _processors(json_logs: bool) -> list[Any]:
@@ -136,8 +145,12 @@ def make_formatter(json_logs: bool = False) -> structlog.stdlib.ProcessorFormatt
     )
 
 
-class LoquentHandler(logging.StreamHandler):
-    """The one handler on the root logger (a class of its own so it can be recognised)."""
+class LoquentHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """The one handler on the root logger."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self.addFilter(_SqlParametersFilter())
 
 
 def configure_logging(*, json_logs: bool = False, level: str = "INFO", sql: bool = False) -> None:
