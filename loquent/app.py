@@ -17,7 +17,7 @@ from loquent.errors import install_error_handlers
 from loquent.logging import configure_logging
 from loquent.messaging.api import router as messages_router
 from loquent.messaging.media_api import router as media_router
-from loquent.metrics import CONTENT_TYPE, mark_process_dead, render
+from loquent.metrics import CONTENT_TYPE, PROCESS_STARTED, mark_process_dead, render
 from loquent.middleware import RequestContextMiddleware
 from loquent.orgs.api import router as settings_router
 from loquent.readiness import readiness
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.start()
+        PROCESS_STARTED.set_to_current_time()
         worker = None
         if settings.run_worker:
             from loquent.jobs.worker import Worker

@@ -15,6 +15,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -45,6 +46,13 @@ HTTP_SECONDS = Histogram(
     "Time to answer an HTTP request (to the end of the body; streams last long)",
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 300.0),
+)
+# One sample per live web process (a ``pid`` label under multiprocess mode): how many
+# processes the scrape covers, and when each started.
+PROCESS_STARTED = Gauge(
+    "loquent_process_start_time_seconds",
+    "When this web process started serving (Unix time)",
+    multiprocess_mode="liveall",
 )
 NOTIFIER_DROPPED = Counter(
     "loquent_notifier_dropped_total", "Cross-process wake-ups dropped (Redis slow or down)"
