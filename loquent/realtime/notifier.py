@@ -141,7 +141,10 @@ class RedisNotifier(Notifier):
             NOTIFIER_DROPPED.inc()
 
     async def ping(self) -> bool:
-        """Is Redis answering right now (for /readyz)?"""
+        """Are cross-process wake-ups flowing right now (for /readyz): subscribed, and Redis
+        answering a PING?"""
+        if not self.subscribed:
+            return False
         try:
             return bool(await asyncio.wait_for(self._redis.ping(), self._timeout))
         except Exception:
