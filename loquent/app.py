@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from loquent import __version__
 from loquent.config import Settings, get_settings
@@ -19,7 +18,10 @@ from loquent.errors import install_error_handlers
 from loquent.logging import configure_logging
 from loquent.messaging.api import router as messages_router
 from loquent.messaging.media_api import router as media_router
+from loquent.metrics import CONTENT_TYPE, PROCESS_STARTED, mark_process_dead, render
+from loquent.middleware import RequestContextMiddleware
 from loquent.orgs.api import router as settings_router
+from loquent.readiness import readiness
 from loquent.realtime.api import router as realtime_router
 from loquent.twilio.events_api import router as twilio_events_router
 from loquent.web.pages import install_web
@@ -27,12 +29,13 @@ from loquent.web.pages import install_web
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    configure_logging(json_logs=settings.log_json, level=settings.log_level, sql=settings.log_sql)
     ctx = AppContext.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.start()
+        PROCESS_STARTED.set_to_current_time()
         worker = None
         if settings.run_worker:
             from loquent.jobs.worker import Worker
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if worker is not None:
                 await worker.stop()
             await ctx.close()
+            mark_process_dead(os.getpid())
 
     app = FastAPI(
         title="Loquent",
@@ -65,17 +69,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(settings_router)
 
     @app.get("/healthz", tags=["ops"])
-    async def healthz(request: Request) -> Any:
-        try:
-            async with ctx.db.reader() as session:
-                await session.execute(text("SELECT 1"))
-        except Exception:
-            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
-        return {"status": "ok", "database": "ok"}
+    async def healthz() -> Any:
+        """Liveness: the process answers. Touches nothing else (see /readyz)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> Any:
+        """Readiness: the database answers (SQLite: a write could start), Redis if set."""
+        ready, body = await readiness(ctx)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(render(), media_type=CONTENT_TYPE)
 
     install_web(app)
+    app.add_middleware(RequestContextMiddleware)  # outermost of ours: sees every answer
     return app

@@ -39,6 +39,21 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _require_secret_key(settings: Any) -> None:
+    """Refuse to run a server with the built-in key: it would encrypt customers' tokens."""
+    from loquent.config import GENERATE_KEY_HINT
+
+    if settings.uses_default_secret_key:
+        _fail(
+            "LOQUENT_SECRET_KEY is not set (or starts with the built-in development key, "
+            "which anyone can read in the source). It encrypts your customers' Twilio auth "
+            "tokens. Generate a key with\n\n"
+            f"    {GENERATE_KEY_HINT}\n\n"
+            "and set LOQUENT_SECRET_KEY to it in every web and worker process; keep it safe, "
+            "stored tokens cannot be read without it. (`loquent demo` makes its own.)"
+        )
+
+
 def _with_session(work: Callable[[Any, Any], Awaitable[T]]) -> T:
     """Run ``work(session, ctx)`` in one committed transaction on the configured database."""
     from loquent.context import AppContext
@@ -75,15 +90,42 @@ def serve(
     ),
 ) -> None:
     """Start the web server (and, by default, the in-process job worker)."""
+    import os
+    import shutil
+    import tempfile
+
     import uvicorn
 
+    from loquent.logging import configure_logging
+    from loquent.metrics import MULTIPROC_ENV
+
     settings = get_settings()
+    _require_secret_key(settings)
+    configure_logging(json_logs=settings.log_json, level=settings.log_level, sql=settings.log_sql)
+    metrics_dir: str | None = None
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Each worker process counts in files here and /metrics adds them all up. Fresh per
+        # run: counters from an earlier run must not be added to this one's.
+        metrics_dir = tempfile.mkdtemp(prefix="loquent-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
     if workers > 1 and not settings.redis_url:
         typer.echo(
             "warning: several processes without LOQUENT_REDIS_URL: live updates between "
             "processes fall back to polling",
             err=True,
         )
+    try:
+        _run_uvicorn(uvicorn, settings, host, port, workers, keep_alive)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_uvicorn(
+    uvicorn: Any, settings: Any, host: str, port: int, workers: int, keep_alive: int
+) -> None:
+    from loquent.logging import uvicorn_log_config
+
     uvicorn.run(
         "loquent.app:create_app",
         factory=True,
@@ -96,6 +138,9 @@ def serve(
         timeout_keep_alive=keep_alive,
         proxy_headers=True,
         log_level=settings.log_level.lower(),
+        # Every line, uvicorn's access and error lines included, goes through our redacting
+        # formatter (JSON with LOQUENT_LOG_JSON), in every worker process.
+        log_config=uvicorn_log_config(json_logs=settings.log_json, level=settings.log_level),
     )
 
 
@@ -135,7 +180,8 @@ def worker() -> None:
     from loquent.logging import configure_logging
 
     settings = get_settings()
-    configure_logging(json_logs=settings.log_json, level=settings.log_level)
+    _require_secret_key(settings)
+    configure_logging(json_logs=settings.log_json, level=settings.log_level, sql=settings.log_sql)
     asyncio.run(run_forever(settings))
 
 

@@ -7,6 +7,12 @@ from functools import lru_cache
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The built-in key only lets a fresh checkout import and run its tests; `loquent serve` and
+# `loquent worker` refuse to start with it (anyone can read it here, and it would encrypt
+# customers' Twilio auth tokens).
+DEFAULT_SECRET_KEY = "dev-insecure-secret-key-change-me"
+GENERATE_KEY_HINT = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOQUENT_", env_file=None, extra="ignore")
@@ -14,6 +20,8 @@ class Settings(BaseSettings):
     # Storage and fan-out
     database_url: str = "sqlite+aiosqlite:///./loquent.db"
     redis_url: str | None = None
+    # /readyz answers 503 (not 200 "degraded") while Redis is down.
+    readyz_require_redis: bool = False
 
     # The URL Twilio calls; signatures are checked against it, never against what the
     # server sees behind a proxy.
@@ -21,7 +29,7 @@ class Settings(BaseSettings):
 
     # Keys for credentials at rest and session cookies. Comma-separated: the first encrypts,
     # all decrypt (MultiFernet), so a key can be rotated without losing stored tokens.
-    secret_key: SecretStr = SecretStr("dev-insecure-secret-key-change-me")
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
 
     twilio_api_base: str = "https://api.twilio.com"
     twilio_events_api_base: str = "https://events.twilio.com"
@@ -51,12 +59,21 @@ class Settings(BaseSettings):
 
     log_json: bool = False
     log_level: str = "INFO"
+    # SQL statements in the log (parameters always redacted). Off even at DEBUG: statements
+    # name tables and columns of customer data, and drivers are noisy.
+    log_sql: bool = False
 
     sqlite_busy_timeout_ms: int = Field(default=10_000)
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def uses_default_secret_key(self) -> bool:
+        """True when nothing but the built-in development key would encrypt credentials."""
+        keys = self.secret_keys
+        return not keys or keys[0] == DEFAULT_SECRET_KEY
 
     @property
     def secret_keys(self) -> list[str]:

@@ -150,9 +150,35 @@ def _server(app: Any) -> _Server:
 # --- configuration and database -------------------------------------------------------------
 
 
+DEMO_DATA_DIR = Path(".demo")
+SECRET_KEY_FILE = "secret.key"
+
+
+def demo_secret_key(data_dir: Path) -> str:
+    """The demo's own LOQUENT_SECRET_KEY: made once, kept in its data directory (owner-only),
+    and reused on later runs, so the tokens it stored stay readable."""
+    path = data_dir / SECRET_KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    if key:
+        return key
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
 def _configure_environment(app_url: str, sim_url: str) -> None:
     """The app reaches "Twilio" only through its configurable base URLs: point them here."""
     os.environ.setdefault("LOQUENT_DATABASE_URL", DEFAULT_DATABASE_URL)
+    if not os.environ.get("LOQUENT_SECRET_KEY"):
+        sqlite_file = _sqlite_path(os.environ["LOQUENT_DATABASE_URL"])
+        data_dir = sqlite_file.parent if sqlite_file is not None else DEMO_DATA_DIR
+        os.environ["LOQUENT_SECRET_KEY"] = demo_secret_key(data_dir)
     os.environ["LOQUENT_PUBLIC_URL"] = app_url
     os.environ["LOQUENT_TWILIO_API_BASE"] = sim_url
     os.environ["LOQUENT_TWILIO_EVENTS_API_BASE"] = sim_url

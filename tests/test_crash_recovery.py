@@ -4,6 +4,7 @@ mid-fetch), started again, every body is fetched; the auth token never reaches t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -107,6 +108,7 @@ async def test_killed_with_bodies_pending_then_restarted_fetches_them_all(
         "LOQUENT_ENRICH_BACKOFF_BASE_SECONDS": "0.1",
         "LOQUENT_ENRICH_MAX_ATTEMPTS": "50",
         "LOQUENT_LOG_LEVEL": "DEBUG",
+        "LOQUENT_LOG_JSON": "true",
     }
     env.pop("LOQUENT_TWILIO_AUTH_TOKEN", None)
     app = AppProcess(env, port, tmp_path / "app.log")
@@ -176,6 +178,11 @@ async def test_killed_with_bodies_pending_then_restarted_fetches_them_all(
     assert "capture.created" in logs  # the logs did record the run...
     assert auth_token not in logs  # ...but never the auth token
     assert auth_token[3:] not in logs
+    # uvicorn's own lines went through the same redacting handler: JSON, with request ids.
+    records = [json.loads(line) for line in logs.splitlines() if line.strip()]
+    access = [r for r in records if r.get("logger") == "uvicorn.access"]
+    assert any("/twilio/events" in r["event"] for r in access)
+    assert all(r.get("request_id") for r in access)
 
 
 def test_cli_never_echoes_the_auth_token(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ async def test_database_down_answers_503() -> None:
         url, body, headers = signed_request(server.url, [event], "whatever")
         async with httpx.AsyncClient(timeout=30) as http:
             response = await http.post(url, content=body, headers=headers)
-            health = await http.get(f"{server.url}/healthz")
+            health = await http.get(f"{server.url}/readyz")
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "storage_unavailable"
         assert response.headers["retry-after"]

@@ -106,11 +106,14 @@ async def _twilio_request(
             response = error.response()
     if response is None:
         response = await call_next(request)
+    if rule is not None and rule.set_cookie:
+        response.headers.append("set-cookie", rule.set_cookie)
     sim.log_request(
         method=request.method,
         path=path,
         query=request.url.query,
         auth_user=basic_user(request),
+        cookies=sorted(request.cookies),
         status=response.status_code,
         duration_ms=(time.perf_counter() - started) * 1000,
         fault_id=rule.id if rule is not None and rule.status is not None else None,

@@ -201,6 +201,9 @@ class FaultIn(ControlModel):
     count: int | None = Field(None, ge=0, description="null: fault every matching request")
     retry_after: float | None = Field(None, ge=0)
     delay_ms: int | None = Field(None, ge=0, le=120_000)
+    set_cookie: str | None = Field(
+        None, max_length=4096, description="add this Set-Cookie header to matching answers"
+    )
 
     @field_validator("path_regex")
     @classmethod
@@ -596,6 +599,7 @@ async def add_fault(payload: FaultIn, request: Request) -> dict[str, Any]:
         count=payload.count,
         retry_after=payload.retry_after,
         delay_ms=payload.delay_ms,
+        set_cookie=payload.set_cookie,
     )
     return rule.to_json()
 

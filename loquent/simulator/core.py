@@ -69,6 +69,7 @@ class Simulator:
         status: int,
         duration_ms: float,
         fault_id: int | None,
+        cookies: Sequence[str] = (),
     ) -> None:
         self.request_log.append(
             {
@@ -76,6 +77,7 @@ class Simulator:
                 "path": path,
                 "query": query,
                 "auth_user": auth_user,
+                "cookies": list(cookies),  # names of the cookies the client sent
                 "status": status,
                 "at": iso_millis(utcnow()),
                 "duration_ms": round(duration_ms, 2),

@@ -1,4 +1,8 @@
-"""Fault rules: make matching Twilio API requests fail or slow down, a set number of times."""
+"""Fault rules: make matching Twilio API requests fail or slow down, a set number of times.
+
+A rule can also attach a ``Set-Cookie`` header to its answers (``set_cookie``): a real
+load balancer in front of an API may set session-affinity cookies, and a client shared between
+customers must never carry one customer's cookie on another customer's request."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ class FaultRule:
     count: int | None = None  # how many matching requests to fault; None means every one
     retry_after: float | None = None
     delay_ms: int | None = None
+    set_cookie: str | None = None  # a Set-Cookie header value added to the answer
     hits: int = 0
     _pattern: re.Pattern[str] = field(init=False, repr=False)
 
@@ -59,6 +64,7 @@ class FaultRule:
             "count": self.count,
             "retry_after": self.retry_after,
             "delay_ms": self.delay_ms,
+            "set_cookie": self.set_cookie,
             "hits": self.hits,
             "remaining": self.remaining,
         }
@@ -80,6 +86,7 @@ class FaultBook:
         count: int | None = None,
         retry_after: float | None = None,
         delay_ms: int | None = None,
+        set_cookie: str | None = None,
     ) -> FaultRule:
         rule = FaultRule(
             id=next(self._ids),
@@ -89,6 +96,7 @@ class FaultBook:
             count=count,
             retry_after=retry_after,
             delay_ms=delay_ms,
+            set_cookie=set_cookie,
         )
         self._rules.append(rule)
         return rule
