@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if worker is not None:
                 await worker.stop()
+            await app.state.login_throttle.aclose()
             await ctx.close()
 
     app = FastAPI(
