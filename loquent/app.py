@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if worker is not None:
                 await worker.stop()
+            await app.state.login_throttle.aclose()
             await ctx.close()
             mark_process_dead(os.getpid())
 

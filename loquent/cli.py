@@ -351,6 +351,61 @@ def token_create(
     _emit({"token": token}, as_json, token)
 
 
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _token_json(token: Any) -> dict[str, Any]:
+    # Never the token or its digest: only what identifies it and when it was used.
+    return {
+        "id": token.id,
+        "name": token.name,
+        "organization_id": token.organization_id,
+        "email": token.email,
+        "created_at": _iso(token.created_at),
+        "last_used_at": _iso(token.last_used_at),
+        "revoked_at": _iso(token.revoked_at),
+    }
+
+
+@token_app.command("list")
+def token_list(org: int = typer.Option(..., "--org"), as_json: bool = JsonOpt) -> None:
+    """The organization's API tokens: id, name, owner, created, last used, revoked."""
+    from loquent.orgs import service
+    from loquent.orgs.models import Organization
+
+    async def work(session: Any, ctx: Any) -> list[Any]:
+        if await session.get(Organization, org) is None:
+            _fail(f"no organization {org}")
+        return await service.list_api_tokens(session, org)
+
+    tokens = [_token_json(t) for t in _with_session(work)]
+    if as_json:
+        typer.echo(json.dumps(tokens))
+        return
+    for t in tokens:
+        state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "active"
+        typer.echo(
+            f"{t['id']}\t{t['name'] or '-'}\t{t['email']}\tcreated {t['created_at']}"
+            f"\tlast used {t['last_used_at'] or 'never'}\t{state}"
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: int = typer.Argument(..., min=1), as_json: bool = JsonOpt) -> None:
+    """Revoke an API token: it answers 401 from now on. Revoking twice changes nothing."""
+    from loquent.orgs import service
+
+    async def work(session: Any, ctx: Any) -> Any:
+        return await service.revoke_api_token(session, token_id)
+
+    token = _with_session(work)
+    if token is None:
+        _fail(f"no API token {token_id}")
+    shown = _token_json(token)
+    _emit(shown, as_json, f"token {token_id} revoked at {shown['revoked_at']}")
+
+
 app.add_typer(simulate_app, name="simulate", help="The bundled Twilio simulator.")
 
 

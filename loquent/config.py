@@ -51,7 +51,15 @@ class Settings(BaseSettings):
     sse_poll_seconds: float = 5.0  # re-check even without a wake-up
     sse_max_stream_seconds: float = 300.0
     sse_replay_limit: int = 1000
+    # An open stream re-checks its session or token this often and ends once it is logged
+    # out, expired or revoked.
+    sse_auth_recheck_seconds: float = 20.0
     event_log_retention_hours: float = 24.0
+
+    # MMS media relayed from Twilio: largest file, and downloads in flight per organization
+    # in one process (more answer 429 with Retry-After).
+    media_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    media_per_org_concurrency: int = Field(default=8, ge=1)
 
     # Sessions
     session_max_age_seconds: int = 14 * 24 * 3600

@@ -4,7 +4,9 @@ are only ever downloads."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import tracemalloc
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +22,7 @@ from loquent.simulator.media import tiny_png
 from tests import test_capture_flow
 from tests.conftest import Stack
 from tests.support.sim import Sim
-from tests.test_capture_flow import settled
+from tests.test_capture_flow import eventually, settled
 
 LINE = "+14155550100"
 CUSTOMER = "+14155550177"
@@ -247,19 +249,147 @@ async def test_oversized_media_is_refused(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
     message = await send_mms(stack, sim, "https://example.com/a.png")
     rows = await stack.rows(MessageMedia, MessageMedia.message_id == message.id)
+    slots = media.FetchSlots(1)
     async with httpx.AsyncClient(timeout=5) as http:
-        fetch = media.fetch_media(
+        opening = media.open_media(
             db=stack.db,
             box=SecretBox(stack.settings.secret_keys),
             http=http,
             settings=stack.settings,
+            slots=slots,
             org_id=stack.org.id,
             message_id=message.id,
             media_sid=rows[0].media_sid,
             max_bytes=len(tiny_png()) - 1,
         )
         with pytest.raises(media.MediaTooLarge):
-            await fetch
+            await opening
+    assert slots.in_use(stack.org.id) == 0  # the refused download gave its slot back
+
+
+# --- streaming: large files go through a chunk at a time ------------------------------------
+
+MIB = 1024 * 1024
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def large_mms(stack: Stack, sim: Sim, size: int, **config: Any) -> str:
+    """Send an MMS whose one file is ``size`` bytes; returns the app's URL for it."""
+    await sim.call("PATCH", "/config", {"media_size_bytes": size, **config})
+    message = await send_mms(stack, sim, "https://example.com/scan.bin")
+    return await first_media_url(stack, message.id)
+
+
+async def test_the_first_bytes_arrive_before_twilio_has_sent_the_whole_file(
+    flow: tuple[Stack, Sim],
+) -> None:
+    stack, sim = flow
+    # 32 chunks of 64 KiB with 50 ms between them: the media host needs about 1.6 s.
+    url = await large_mms(stack, sim, 2 * MIB, media_chunk_delay_ms=50)
+    headers = {"Authorization": f"Bearer {stack.org.api_token}"}
+    loop = asyncio.get_running_loop()
+    async with (
+        httpx.AsyncClient(timeout=30) as http,
+        http.stream("GET", stack.url + url, headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-length"] == str(2 * MIB)
+        started = loop.time()
+        first_at, received = None, 0
+        async for chunk in response.aiter_raw():
+            first_at = first_at if first_at is not None else loop.time()
+            received += len(chunk)
+        finished = loop.time()
+    assert received == 2 * MIB
+    assert first_at is not None
+    # Relayed as it arrives: the browser had bytes long before the last chunk left Twilio.
+    assert finished - first_at >= 1.0, (first_at - started, finished - started)
+
+
+async def test_relaying_a_large_file_does_not_hold_it_in_memory(flow: tuple[Stack, Sim]) -> None:
+    stack, sim = flow
+    size = 48 * MIB
+    stack.settings.media_max_bytes = 64 * MIB  # the app reads its settings per request
+    url = await large_mms(stack, sim, size)
+    headers = {"Authorization": f"Bearer {stack.org.api_token}"}
+    # The app, the simulator and this client share the process: tracemalloc sees them all.
+    tracemalloc.start()
+    try:
+        baseline, _ = tracemalloc.get_traced_memory()
+        received = 0
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("GET", stack.url + url, headers=headers) as response,
+        ):
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received == size
+    # Socket buffers on the three loopback legs come and go (a few MiB, bounded by flow
+    # control); holding the file whole would add at least its size, twice over before.
+    assert peak - baseline < size / 3, f"peak grew by {(peak - baseline) / MIB:.1f} MiB"
+
+
+async def test_a_declared_size_over_the_cap_is_refused_before_streaming(
+    flow: tuple[Stack, Sim],
+) -> None:
+    stack, sim = flow
+    stack.settings.media_max_bytes = 1 * MIB
+    url = await large_mms(stack, sim, 2 * MIB)
+    response = await stack.get(url)
+    assert (response.status_code, error_code(response)) == (502, "media_too_large")
+    assert "cache-control" not in response.headers
+
+
+async def test_an_undeclared_size_over_the_cap_cuts_the_download_short(
+    flow: tuple[Stack, Sim],
+) -> None:
+    stack, sim = flow
+    stack.settings.media_max_bytes = 1 * MIB
+    # The media host answers chunked, without a Content-Length: only counting can tell.
+    url = await large_mms(stack, sim, 2 * MIB, media_content_length=False)
+    headers = {"Authorization": f"Bearer {stack.org.api_token}"}
+    received = 0
+    async with httpx.AsyncClient(timeout=30) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with http.stream("GET", stack.url + url, headers=headers) as response:
+                assert response.status_code == 200
+                assert "content-length" not in response.headers
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+    # Never the whole file, and never presented as complete.
+    assert received <= 1 * MIB
+    # The aborted download gave its slot back.
+    slots = stack.server.server.config.app.state.media_slots
+    await eventually(lambda: _true(slots.in_use(stack.org.id) == 0), timeout=5)
+
+
+async def test_downloads_in_flight_are_bounded_per_organization(flow: tuple[Stack, Sim]) -> None:
+    stack, sim = flow
+    stack.settings.media_per_org_concurrency = 1  # before the app's first media request
+    url = await large_mms(stack, sim, 2 * MIB, media_chunk_delay_ms=100)  # about 3 s each
+    headers = {"Authorization": f"Bearer {stack.org.api_token}"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream("GET", stack.url + url, headers=headers) as first:
+            assert first.status_code == 200
+            chunks = first.aiter_raw()
+            await anext(chunks)  # under way, and held open
+            busy = await http.get(stack.url + url, headers=headers)
+            assert (busy.status_code, error_code(busy)) == (429, "too_many_media_downloads")
+            assert busy.headers["retry-after"] == "1"
+        # The first download was abandoned by its client: its slot comes back.
+        await sim.call("PATCH", "/config", {"media_chunk_delay_ms": 0})
+
+        async def served() -> bool:
+            return (await http.get(stack.url + url, headers=headers)).status_code == 200
+
+        await eventually(served, timeout=10)
 
 
 def test_content_type_rules() -> None:

@@ -28,6 +28,7 @@ from loquent.jobs.backoff import backoff_delay
 from loquent.jobs.queue import Claim, claim_due_bodies, count_pending, next_due_at, release_claims
 from loquent.messaging.tasks import EnrichContext, enrich_body
 from loquent.metrics import ENRICHMENT
+from loquent.orgs import service as orgs
 from loquent.orgs.crypto import SecretBox
 from loquent.realtime import log as event_log
 from loquent.realtime.notifier import JOBS_TOPIC, Notifier, build_notifier
@@ -271,12 +272,15 @@ class Worker:
         try:
             async with self.db.session() as session:
                 removed = await event_log.prune(session, cutoff)
+                sessions = await orgs.prune_expired_sessions(session)
                 await session.commit()
         except Exception as exc:  # pruning is housekeeping; try next round
             log.warning("worker.prune_failed", error=str(exc))
             return
         if removed:
             log.info("worker.pruned_event_log", removed=removed)
+        if sessions:
+            log.info("worker.pruned_sessions", removed=sessions)
 
     async def _release(self, claims: list[Claim]) -> None:
         try:

@@ -5,17 +5,26 @@ stay at Twilio and are fetched when a browser asks for them, with the organizati
 credentials: the browser never talks to Twilio and never sees a Twilio URL or credential.
 
 The Twilio URL is built from stored SIDs only (the account's, the message's and the media's),
-never from anything in the request, and ``TwilioClient.fetch_media_content`` sends the
+never from anything in the request, and ``TwilioClient.stream_media_content`` sends the
 credentials to the API host alone, dropping them on the redirect to Twilio's media CDN.
+
+Files are relayed as they arrive, never held whole: memory per download is a chunk, the
+size cap (``LOQUENT_MEDIA_MAX_BYTES``) is checked against a declared Content-Length before
+the first byte and by counting bytes after, and each organization has a bounded number of
+downloads in flight per process (``LOQUENT_MEDIA_PER_ORG_CONCURRENCY``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx
 import structlog
 from sqlalchemy import select
@@ -29,6 +38,8 @@ from loquent.orgs.crypto import SecretBox
 from loquent.orgs.models import Organization
 from loquent.twilio.client import (
     API_VERSION,
+    MediaStream,
+    MediaTooLargeError,
     TwilioAuthError,
     TwilioBadRequest,
     TwilioClient,
@@ -39,9 +50,8 @@ from loquent.twilio.client import (
 
 log = structlog.get_logger(__name__)
 
-# Twilio caps an MMS at 5 MB; anything much larger is not a message attachment, and it is
-# held in memory while it is relayed.
-MAX_MEDIA_BYTES = 10 * 1024 * 1024
+# When an organization has no free download slot, the browser may try again this soon.
+BUSY_RETRY_AFTER_SECONDS = 1.0
 
 FALLBACK_CONTENT_TYPE = "application/octet-stream"
 
@@ -72,21 +82,6 @@ _MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
 class MediaItem:
     sid: str
     content_type: str
-
-
-@dataclass(frozen=True)
-class MediaFile:
-    sid: str
-    content_type: str
-    content: bytes
-
-    @property
-    def inline(self) -> bool:
-        return is_inline_safe(self.content_type)
-
-    @property
-    def filename(self) -> str:
-        return self.sid + (_extension(self.content_type) or "")
 
 
 def normalize_content_type(raw: str | None) -> str:
@@ -133,6 +128,14 @@ class CredentialsRejected(MediaError):
 
 class MediaTooLarge(MediaError):
     pass
+
+
+class MediaBusy(MediaError):
+    """The organization already has as many downloads in flight as it may."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class MediaUnavailable(MediaError):
@@ -216,22 +219,114 @@ def media_content_path(account_sid: str, message_sid: str, media_sid: str) -> st
 # --- downloading ----------------------------------------------------------------------------
 
 
-async def fetch_media(
+class FetchSlots:
+    """Media downloads in flight per organization, in this process.
+
+    A relay holds a connection to Twilio and one to the browser for as long as the file
+    takes; one organization opening many at once must not use up the process for others.
+    Not waiting for a slot is deliberate: a waiting request would hold its browser
+    connection anyway, and the caller is told when to come back (429 + Retry-After).
+    """
+
+    def __init__(self, per_org: int) -> None:
+        self.per_org = per_org
+        self._in_use: dict[int, int] = {}
+
+    def try_take(self, org_id: int) -> bool:
+        taken = self._in_use.get(org_id, 0)
+        if taken >= self.per_org:
+            return False
+        self._in_use[org_id] = taken + 1
+        return True
+
+    def give_back(self, org_id: int) -> None:
+        left = self._in_use.get(org_id, 0) - 1
+        if left > 0:
+            self._in_use[org_id] = left
+        else:
+            self._in_use.pop(org_id, None)
+
+    def in_use(self, org_id: int) -> int:
+        return self._in_use.get(org_id, 0)
+
+
+class MediaDownload:
+    """One media file on its way from Twilio to the browser, a chunk at a time.
+
+    ``aclose()`` must be called once the response is over (finished, failed or abandoned by
+    the browser): it returns the organization's slot and closes the Twilio connection.
+    """
+
+    def __init__(
+        self,
+        *,
+        sid: str,
+        content_type: str,
+        content_length: int | None,
+        chunks: AsyncIterator[bytes],
+        upstream: contextlib.AsyncExitStack,
+        release: Callable[[], None],
+        bound: Any,
+    ) -> None:
+        self.sid = sid
+        self.content_type = content_type
+        self.content_length = content_length
+        self._chunks = chunks
+        self._upstream = upstream
+        self._release: Callable[[], None] | None = release
+        self._log = bound
+
+    @property
+    def inline(self) -> bool:
+        return is_inline_safe(self.content_type)
+
+    @property
+    def filename(self) -> str:
+        return self.sid + (_extension(self.content_type) or "")
+
+    async def body(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._chunks:
+                yield chunk
+        except MediaTooLargeError as exc:
+            # The status line is already sent: all that is left is to cut the response
+            # short, so the browser sees a broken download rather than a truncated file.
+            self._log.warning("media.too_large_while_streaming", reason=exc.message)
+            raise MediaTooLarge(exc.message) from None
+        except TwilioError as exc:
+            self._log.info("media.interrupted", error=str(exc))
+            raise MediaUnavailable(f"the download from Twilio broke off: {exc}") from None
+
+    async def aclose(self) -> None:
+        release, self._release = self._release, None
+        if release is None:
+            return
+        release()  # first, and synchronously: nothing below may keep the slot taken
+        with anyio.CancelScope(shield=True):
+            await self._upstream.aclose()
+
+
+async def open_media(
     *,
     db: Database,
     box: SecretBox,
     http: httpx.AsyncClient,
     settings: Settings,
+    slots: FetchSlots,
     org_id: int,
     message_id: int,
     media_sid: str,
-    max_bytes: int = MAX_MEDIA_BYTES,
-) -> MediaFile:
-    """The bytes of one media item of one of the organization's messages, from Twilio.
+    max_bytes: int | None = None,
+) -> MediaDownload:
+    """Start relaying one media item of one of the organization's messages from Twilio.
 
-    Served with the content type stored at enrichment, not the one the CDN answers with:
-    that is the type the feed was told about and decided how to show.
+    Everything that can be answered with an error status (not found, credentials,
+    rate limits, a declared size over the cap, no free slot) is raised here, before the
+    first byte; the bytes then come from ``MediaDownload.body``. Served with the content
+    type stored at enrichment, not the one the CDN answers with: that is the type the feed
+    was told about and decided how to show.
     """
+    max_bytes = max_bytes if max_bytes is not None else settings.media_max_bytes
     async with db.reader() as session:
         source = await _find_source(session, org_id, message_id, media_sid)
     if not source.account_sid or not source.token_ciphertext:
@@ -247,17 +342,62 @@ async def fetch_media(
     except ValueError as exc:  # the secret key changed without keeping the old one
         raise TwilioNotConnected(str(exc)) from None
 
-    client = TwilioClient(
-        settings.twilio_api_base,
-        source.account_sid,
-        auth_token,
-        timeout=settings.twilio_timeout_seconds,
-        http=http,
-    )
-    path = media_content_path(source.account_sid, source.message_sid, source.media_sid)
+    if not slots.try_take(org_id):
+        raise MediaBusy(
+            f"this organization already has {slots.per_org} media downloads in progress",
+            retry_after=BUSY_RETRY_AFTER_SECONDS,
+        )
+    upstream = contextlib.AsyncExitStack()
     bound = log.bind(org_id=org_id, message_id=message_id, media_sid=source.media_sid)
     try:
-        fetched = await client.fetch_media_content(path, max_bytes=max_bytes)
+        client = TwilioClient(
+            settings.twilio_api_base,
+            source.account_sid,
+            auth_token,
+            timeout=settings.twilio_timeout_seconds,
+            http=http,
+        )
+        path = media_content_path(source.account_sid, source.message_sid, source.media_sid)
+        stream = await _open_upstream(
+            db, client, upstream, path, max_bytes, source, org_id=org_id, bound=bound
+        )
+    except BaseException:
+        slots.give_back(org_id)
+        with anyio.CancelScope(shield=True):
+            await upstream.aclose()
+        raise
+    content_type = source.content_type
+    if content_type == FALLBACK_CONTENT_TYPE:
+        # Nothing usable was stored; the CDN's answer is the next best guess. It still goes
+        # through the same inline/attachment rule.
+        content_type = normalize_content_type(stream.content_type)
+    return MediaDownload(
+        sid=source.media_sid,
+        content_type=content_type,
+        content_length=stream.content_length,
+        chunks=stream.chunks,
+        upstream=upstream,
+        release=lambda: slots.give_back(org_id),
+        bound=bound,
+    )
+
+
+async def _open_upstream(
+    db: Database,
+    client: TwilioClient,
+    upstream: contextlib.AsyncExitStack,
+    path: str,
+    max_bytes: int,
+    source: _Source,
+    *,
+    org_id: int,
+    bound: Any,
+) -> MediaStream:
+    assert source.token_ciphertext is not None
+    try:
+        return await upstream.enter_async_context(
+            client.stream_media_content(path, max_bytes=max_bytes)
+        )
     except TwilioAuthError as exc:
         bound.warning("media.credentials_rejected", status=exc.status, code=exc.code)
         await _flag_credentials(db, org_id, source.token_ciphertext, f"Twilio rejected: {exc}")
@@ -271,20 +411,14 @@ async def fetch_media(
             "Twilio is rate limiting this account; try again shortly",
             retry_after=exc.retry_after,
         ) from None
+    except MediaTooLargeError:
+        raise MediaTooLarge(f"media is larger than {max_bytes} bytes") from None
     except TwilioBadRequest as exc:
-        if exc.status is not None and exc.status < 400:  # the client's size cap, not Twilio
-            raise MediaTooLarge(f"media is larger than {max_bytes} bytes") from None
         bound.warning("media.refused", status=exc.status, code=exc.code)
         raise MediaUnavailable(f"Twilio refused the media request: {exc}") from None
     except TwilioError as exc:  # 5xx, timeouts, connection errors, too many redirects
         bound.info("media.unavailable", error=str(exc))
         raise MediaUnavailable(f"could not fetch the media from Twilio: {exc}") from None
-    content_type = source.content_type
-    if content_type == FALLBACK_CONTENT_TYPE:
-        # Nothing usable was stored; the CDN's answer is the next best guess. It still goes
-        # through the same inline/attachment rule.
-        content_type = normalize_content_type(fetched.content_type)
-    return MediaFile(sid=source.media_sid, content_type=content_type, content=fetched.content)
 
 
 async def _flag_credentials(db: Database, org_id: int, token_ciphertext: str, reason: str) -> None:

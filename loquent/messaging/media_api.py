@@ -2,6 +2,7 @@
 
 The files are relayed rather than linked because Twilio's media URLs need the account's
 credentials; the browser loads them from here with its session like any other resource.
+They are streamed as they arrive from Twilio, never held whole in memory.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import math
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from loquent.context import AppContext, get_context
 from loquent.errors import ApiError
@@ -71,20 +73,25 @@ async def list_media(
     "/messages/{message_id}/media/{media_sid}",
     name="get_media_content",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "The file"}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file"},
+        429: {"description": "Too many media downloads in flight for this organization"},
+    },
 )
 async def get_media_content(
+    request: Request,
     message_id: int = MessageId,
     media_sid: str = Path(pattern=MEDIA_SID_PATTERN),
     principal: Principal = Depends(require_principal),
     ctx: AppContext = Depends(get_context),
 ) -> Response:
     try:
-        file = await media.fetch_media(
+        download = await media.open_media(
             db=ctx.db,
             box=ctx.box,
             http=ctx.http,
             settings=ctx.settings,
+            slots=_slots(request, ctx),
             org_id=principal.organization_id,
             message_id=message_id,
             media_sid=media_sid,
@@ -97,21 +104,55 @@ async def get_media_content(
         raise ApiError(502, "twilio_credentials_rejected", exc.message) from None
     except media.MediaTooLarge as exc:
         raise ApiError(502, "media_too_large", exc.message) from None
+    except media.MediaBusy as exc:
+        raise ApiError(
+            429, "too_many_media_downloads", exc.message, {"Retry-After": _seconds(exc.retry_after)}
+        ) from None
     except media.MediaUnavailable as exc:
         if exc.retry_after is not None:
-            retry = str(max(1, math.ceil(exc.retry_after)))
             raise ApiError(
-                503, "twilio_rate_limited", exc.message, {"Retry-After": retry}
+                503, "twilio_rate_limited", exc.message, {"Retry-After": _seconds(exc.retry_after)}
             ) from None
         raise ApiError(502, "twilio_unavailable", exc.message) from None
-    return Response(content=file.content, media_type=file.content_type, headers=_headers(file))
+    return RelayResponse(download)
 
 
-def _headers(file: media.MediaFile) -> dict[str, str]:
-    disposition = "inline" if file.inline else "attachment"
+class RelayResponse(StreamingResponse):
+    """Streams a media download and always ends it, however the response ends: finished,
+    failed, or abandoned by the browser (the body iterator alone is not always closed)."""
+
+    def __init__(self, download: media.MediaDownload) -> None:
+        headers = _headers(download)
+        if download.content_length is not None:
+            headers["Content-Length"] = str(download.content_length)
+        super().__init__(download.body(), media_type=download.content_type, headers=headers)
+        self.download = download
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.download.aclose()
+
+
+def _slots(request: Request, ctx: AppContext) -> media.FetchSlots:
+    """This process's per-organization download slots (one table per app)."""
+    slots: media.FetchSlots | None = getattr(request.app.state, "media_slots", None)
+    if slots is None:
+        slots = media.FetchSlots(ctx.settings.media_per_org_concurrency)
+        request.app.state.media_slots = slots
+    return slots
+
+
+def _seconds(value: float) -> str:
+    return str(max(1, math.ceil(value)))
+
+
+def _headers(download: media.MediaDownload) -> dict[str, str]:
+    disposition = "inline" if download.inline else "attachment"
     return {
         "Cache-Control": CACHE_CONTROL,
-        "Content-Disposition": f'{disposition}; filename="{file.filename}"',
+        "Content-Disposition": f'{disposition}; filename="{download.filename}"',
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     }

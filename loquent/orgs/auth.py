@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hmac
 
+import structlog
 from fastapi import Depends, Request
 
 from loquent.context import AppContext, get_context
 from loquent.errors import ApiError
 from loquent.orgs import service
 from loquent.orgs.service import Principal
+
+log = structlog.get_logger(__name__)
 
 SESSION_COOKIE = "loquent_session"
 CSRF_HEADER = "x-csrf-token"
@@ -46,7 +49,21 @@ async def principal_from_request(request: Request, ctx: AppContext) -> Principal
     if scheme.lower() != "bearer" or not token.strip() or len(token) > _MAX_CREDENTIAL_CHARS:
         return None
     async with ctx.db.reader() as session:
-        return await service.authenticate_token(session, token.strip())
+        principal = await service.authenticate_token(session, token.strip())
+    if principal is not None and service.token_use_is_stale(principal):
+        await _record_token_use(ctx, principal)
+    return principal
+
+
+async def _record_token_use(ctx: AppContext, principal: Principal) -> None:
+    """At most once a minute per token (the stored time says when it was last written)."""
+    assert principal.credential_id is not None
+    try:
+        async with ctx.db.session() as session:
+            await service.record_token_use(session, principal.credential_id)
+            await session.commit()
+    except Exception as exc:  # bookkeeping: never fail the request over it
+        log.warning("auth.token_use_not_recorded", token_id=principal.credential_id, error=str(exc))
 
 
 async def require_principal(request: Request, ctx: AppContext = Depends(get_context)) -> Principal:

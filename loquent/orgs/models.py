@@ -85,7 +85,8 @@ class UserSession(Base):
     organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id", ondelete="CASCADE"))
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Indexed for the periodic prune of expired sessions.
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
 class PhoneNumber(Base):

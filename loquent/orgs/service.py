@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,9 @@ from loquent.orgs.models import ApiToken, Member, Organization, PhoneNumber, Use
 from loquent.orgs.passwords import hash_password, verify_password
 
 ROLES = ("owner", "member")
+# An API token's last use is recorded to the minute: one write a minute per token at most,
+# not one per request.
+TOKEN_USE_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,11 @@ class Principal:
     role: str
     via: str  # "session" | "token"
     csrf_token: str | None = None
+    # The user_session or api_token row behind the call: a long-lived request (an SSE
+    # stream) re-checks that it is still live.
+    credential_id: int | None = None
+    # Tokens only: when the token was last recorded as used (written at most once a minute).
+    last_used_at: datetime | None = None
 
 
 # --- organizations -----------------------------------------------------------------------
@@ -255,8 +263,87 @@ async def authenticate_token(session: AsyncSession, token: str) -> Principal | N
         return None
     api_token, role = row
     return Principal(
-        user_id=api_token.user_id, organization_id=api_token.organization_id, role=role, via="token"
+        user_id=api_token.user_id,
+        organization_id=api_token.organization_id,
+        role=role,
+        via="token",
+        credential_id=api_token.id,
+        last_used_at=api_token.last_used_at,
     )
+
+
+def token_use_is_stale(principal: Principal, now: datetime | None = None) -> bool:
+    """Whether a token's ``last_used_at`` is old enough to be written again."""
+    if principal.via != "token" or principal.credential_id is None:
+        return False
+    last = principal.last_used_at
+    return last is None or last <= (now or utcnow()) - TOKEN_USE_RESOLUTION
+
+
+async def record_token_use(
+    session: AsyncSession, token_id: int, now: datetime | None = None
+) -> bool:
+    """Set ``last_used_at`` unless another request (or process) did so within the minute.
+
+    The condition is in the UPDATE, so racing requests write it once.
+    """
+    now = now or utcnow()
+    result = await session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.id == token_id,
+            (ApiToken.last_used_at.is_(None))
+            | (ApiToken.last_used_at <= now - TOKEN_USE_RESOLUTION),
+        )
+        .values(last_used_at=now)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What may be shown about a token: never the token or its digest."""
+
+    id: int
+    name: str
+    organization_id: int
+    email: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+async def list_api_tokens(session: AsyncSession, org_id: int) -> list[TokenInfo]:
+    rows = await session.execute(
+        select(
+            ApiToken.id,
+            ApiToken.name,
+            ApiToken.organization_id,
+            User.email,
+            ApiToken.created_at,
+            ApiToken.last_used_at,
+            ApiToken.revoked_at,
+        )
+        .join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.organization_id == org_id)
+        .order_by(ApiToken.id)
+    )
+    return [TokenInfo(*row) for row in rows]
+
+
+async def revoke_api_token(
+    session: AsyncSession, token_id: int, now: datetime | None = None
+) -> TokenInfo | None:
+    """Revoke the token (it answers 401 from now on); revoking twice keeps the first time."""
+    await session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now or utcnow())
+    )
+    org_id = await session.scalar(select(ApiToken.organization_id).where(ApiToken.id == token_id))
+    if org_id is None:
+        return None
+    return next(t for t in await list_api_tokens(session, org_id) if t.id == token_id)
 
 
 # --- browser sessions -----------------------------------------------------------------------
@@ -303,7 +390,40 @@ async def authenticate_session(
         role=role,
         via="session",
         csrf_token=user_session.csrf_token,
+        credential_id=user_session.id,
     )
+
+
+async def credential_is_live(
+    session: AsyncSession, principal: Principal, now: datetime | None = None
+) -> bool:
+    """Whether the session or token behind ``principal`` still authenticates: not logged
+    out, expired or revoked, and the user still a member. One indexed lookup."""
+    now = now or utcnow()
+    member = (Member.user_id == principal.user_id) & (
+        Member.organization_id == principal.organization_id
+    )
+    if principal.via == "session":
+        stmt = (
+            select(UserSession.id)
+            .join(Member, member)
+            .where(UserSession.id == principal.credential_id, UserSession.expires_at > now)
+        )
+    else:
+        stmt = (
+            select(ApiToken.id)
+            .join(Member, member)
+            .where(ApiToken.id == principal.credential_id, ApiToken.revoked_at.is_(None))
+        )
+    return (await session.scalar(stmt)) is not None
+
+
+async def prune_expired_sessions(session: AsyncSession, now: datetime | None = None) -> int:
+    """Delete browser sessions past their expiry (they no longer authenticate anyway)."""
+    result = await session.execute(
+        delete(UserSession).where(UserSession.expires_at <= (now or utcnow()))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def end_session(session: AsyncSession, raw: str) -> None:

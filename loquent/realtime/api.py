@@ -4,7 +4,9 @@ Each frame is ``id: <event log id>``, ``event: <type>``, ``data: {"type", "paylo
 client resumes with ``Last-Event-ID`` (or ``?after=`` on its first connection) and gets
 exactly the events it missed; if those are no longer in the log, or there are more than
 the replay bound, it gets a ``resync`` event and should re-fetch. Streams end after a
-maximum lifetime so that browsers reconnect (and land on a healthy process) regularly.
+maximum lifetime so that browsers reconnect (and land on a healthy process) regularly,
+and re-check their session or token every ``LOQUENT_SSE_AUTH_RECHECK_SECONDS``: a stream
+ends soon after its user logs out, or its session expires or its token is revoked.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from loquent.context import AppContext, get_context
 from loquent.errors import ApiError
 from loquent.metrics import SSE_STREAMS
 from loquent.orgs.auth import require_principal
-from loquent.orgs.service import Principal
+from loquent.orgs.service import Principal, credential_is_live
 from loquent.realtime import log as event_log
 from loquent.realtime.models import EventLogEntry
 from loquent.realtime.notifier import org_topic
@@ -51,7 +53,7 @@ async def events(
         resume_from = after
     SSE_STREAMS.inc()
     return EventSourceResponse(
-        _stream(request, ctx, principal.organization_id, resume_from),
+        _stream(request, ctx, principal, resume_from),
         ping=ctx.settings.sse_ping_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -67,10 +69,12 @@ def _last_event_id(request: Request) -> int | None:
 
 
 async def _stream(
-    request: Request, ctx: AppContext, org_id: int, resume_from: int | None
+    request: Request, ctx: AppContext, principal: Principal, resume_from: int | None
 ) -> AsyncIterator[ServerSentEvent]:
     settings = ctx.settings
+    org_id = principal.organization_id
     deadline = time.monotonic() + settings.sse_max_stream_seconds
+    recheck_at = time.monotonic() + settings.sse_auth_recheck_seconds
     cursor, resync = await _starting_point(ctx, org_id, resume_from)
     if resync:
         yield _resync_event(cursor)
@@ -93,10 +97,24 @@ async def _stream(
                 continue
             if await request.is_disconnected():
                 return
+            if time.monotonic() >= recheck_at:
+                # Logout, expiry and revocation end the stream here, not at its lifetime.
+                if not await _still_authorized(ctx, principal):
+                    return
+                recheck_at = time.monotonic() + settings.sse_auth_recheck_seconds
             # Woken by the notifier; the timeout is the safety net for a lost wake-up.
-            timeout = min(settings.sse_poll_seconds, max(deadline - time.monotonic(), 0.0))
+            timeout = min(
+                settings.sse_poll_seconds,
+                max(recheck_at - time.monotonic(), 0.0),
+                max(deadline - time.monotonic(), 0.0),
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=timeout)
+
+
+async def _still_authorized(ctx: AppContext, principal: Principal) -> bool:
+    async with ctx.db.reader() as session:
+        return await credential_is_live(session, principal)
 
 
 async def _starting_point(

@@ -12,6 +12,13 @@ class SimulatorConfig:
     # is reached as ``http://127.0.0.1:PORT``) to check that credentials are not forwarded.
     # ``None`` means the simulator's own base URL as seen by the request.
     media_base_url: str | None = None
+    # Large and slow media, to check that the app relays files without holding them whole:
+    # new media are padded with zero bytes to this size (``None``: the small made-up files),
+    # and the media host sends them in chunks, pausing between chunks, with or without a
+    # Content-Length (some CDNs answer chunked).
+    media_size_bytes: int | None = None
+    media_chunk_delay_s: float = 0.0
+    media_content_length: bool = True
 
     # Status events emitted for a message created through ``POST .../Messages.json``.
     outbound_statuses: tuple[str, ...] = ("queued", "sent", "delivered")

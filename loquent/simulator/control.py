@@ -7,13 +7,16 @@ to configure the app.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from loquent.simulator.core import Simulator, highest_status
@@ -217,6 +220,9 @@ class FaultIn(ControlModel):
 
 class ConfigPatch(ControlModel):
     media_base_url: str | None = None
+    media_size_bytes: int | None = Field(None, ge=1, le=256 * 1024 * 1024)
+    media_chunk_delay_ms: int | None = Field(None, ge=0, le=10_000)
+    media_content_length: bool | None = None
     outbound_statuses: list[str] | None = None
     outbound_status_delay_ms: int | None = Field(None, ge=0)
     retry_backoff_ms: list[int] | None = None
@@ -244,6 +250,9 @@ def _config_json(sim: Simulator) -> dict[str, Any]:
     config = sim.config
     return {
         "media_base_url": config.media_base_url,
+        "media_size_bytes": config.media_size_bytes,
+        "media_chunk_delay_ms": round(config.media_chunk_delay_s * 1000),
+        "media_content_length": config.media_content_length,
         "outbound_statuses": list(config.outbound_statuses),
         "outbound_status_delay_ms": round(config.outbound_status_delay_s * 1000),
         "retry_backoff_ms": [round(delay * 1000) for delay in config.retry_backoff_s],
@@ -264,6 +273,12 @@ async def patch_config(patch: ConfigPatch, request: Request) -> dict[str, Any]:
     given = patch.model_fields_set
     if "media_base_url" in given:
         config.media_base_url = patch.media_base_url
+    if "media_size_bytes" in given:
+        config.media_size_bytes = patch.media_size_bytes
+    if patch.media_chunk_delay_ms is not None:
+        config.media_chunk_delay_s = patch.media_chunk_delay_ms / 1000
+    if patch.media_content_length is not None:
+        config.media_content_length = patch.media_content_length
     if patch.outbound_statuses is not None:
         config.outbound_statuses = tuple(patch.outbound_statuses)
     if patch.outbound_status_delay_ms is not None:
@@ -692,4 +707,18 @@ async def media_content(media_sid: str, request: Request) -> Response:
         sim.log_media_fetch(media_sid, had_authorization=had_authorization, status=404)
         raise HTTPException(404, f"unknown media {media_sid}")
     sim.log_media_fetch(media_sid, had_authorization=had_authorization, status=200)
-    return Response(content=media.content, media_type=media.content_type)
+    config = sim.config
+    content = media.content
+    delay = config.media_chunk_delay_s
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(content), _MEDIA_CHUNK_BYTES):
+            if start and delay:
+                await asyncio.sleep(delay)
+            yield content[start : start + _MEDIA_CHUNK_BYTES]
+
+    headers = {"Content-Length": str(len(content))} if config.media_content_length else None
+    return StreamingResponse(chunks(), media_type=media.content_type, headers=headers)
+
+
+_MEDIA_CHUNK_BYTES = 64 * 1024

@@ -126,6 +126,9 @@ class Simulator:
         )
         for url in media_urls:
             content_type, content = synthesize(url)
+            size = self.config.media_size_bytes
+            if size is not None and size > len(content):
+                content += bytes(size - len(content))
             self.store.add_media(message, content_type, content, url)
         return message
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
@@ -93,6 +94,10 @@ class TwilioUnavailable(TwilioError):
 
 class TwilioBadRequest(TwilioError):
     """Any other 4xx: the request itself is wrong and will not succeed if repeated."""
+
+
+class MediaTooLargeError(TwilioError):
+    """A media file is larger than the caller's cap (declared up front, or counted)."""
 
 
 # --- parsing helpers ----------------------------------------------------------------------
@@ -188,6 +193,39 @@ class MediaContent:
     content: bytes
 
 
+@dataclass(frozen=True)
+class MediaStream:
+    """A media file being downloaded: its type, its size if the host declared it, and its
+    bytes as they arrive (``MediaTooLargeError`` from ``chunks`` once past the cap)."""
+
+    content_type: str
+    content_length: int | None
+    chunks: AsyncIterator[bytes]
+
+
+def _declared_length(response: httpx.Response) -> int | None:
+    """The body's size, when the host declared it and it is what we will read (an encoded
+    body is decoded by httpx, so its Content-Length says nothing about the bytes we get)."""
+    raw = response.headers.get("content-length", "")
+    if not raw.isdigit() or response.headers.get("content-encoding", "identity") != "identity":
+        return None
+    return int(raw)
+
+
+async def _capped_chunks(response: httpx.Response, max_bytes: int) -> AsyncIterator[bytes]:
+    received = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            received += len(chunk)
+            if received > max_bytes:
+                raise MediaTooLargeError(f"media larger than {max_bytes} bytes")
+            yield chunk
+    except httpx.TimeoutException:
+        raise TwilioUnavailable("timed out reading media from Twilio") from None
+    except httpx.TransportError as exc:
+        raise TwilioUnavailable(f"connection lost reading media from Twilio: {exc}") from None
+
+
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, url.port)
 
@@ -273,11 +311,24 @@ class TwilioClient:
     async def fetch_media_content(
         self, uri: str, *, max_bytes: int = DEFAULT_MAX_MEDIA_BYTES
     ) -> MediaContent:
-        """Download a media file. ``uri`` is a path on the API host (a Media resource's
-        ``uri`` without ``.json``).
+        """Download a media file whole (see ``stream_media_content`` to relay it)."""
+        async with self.stream_media_content(uri, max_bytes=max_bytes) as stream:
+            content = bytearray()
+            async for chunk in stream.chunks:
+                content.extend(chunk)
+            return MediaContent(content_type=stream.content_type, content=bytes(content))
+
+    @asynccontextmanager
+    async def stream_media_content(
+        self, uri: str, *, max_bytes: int = DEFAULT_MAX_MEDIA_BYTES
+    ) -> AsyncIterator[MediaStream]:
+        """Open a media file for streaming. ``uri`` is a path on the API host (a Media
+        resource's ``uri`` without ``.json``).
 
         Twilio answers with a redirect to its CDN; we follow it ourselves so that the
         credentials go to the API host only and are dropped on the hop to any other host.
+        The size cap holds twice: a declared Content-Length over it fails before any byte is
+        read, and the bytes are counted as they arrive (a host may not declare a length).
         """
         url = self._resolve(uri.removesuffix(".json"))
         with_credentials = True
@@ -295,15 +346,15 @@ class TwilioClient:
                 if response.status_code >= 400:
                     await response.aread()
                     raise _error_from_response(response)
-                content = bytearray()
-                async for chunk in response.aiter_bytes():
-                    content.extend(chunk)
-                    if len(content) > max_bytes:
-                        raise TwilioBadRequest(
-                            f"media larger than {max_bytes} bytes", status=response.status_code
-                        )
-                content_type = response.headers.get("content-type", "application/octet-stream")
-                return MediaContent(content_type=content_type, content=bytes(content))
+                length = _declared_length(response)
+                if length is not None and length > max_bytes:
+                    raise MediaTooLargeError(f"media larger than {max_bytes} bytes ({length})")
+                yield MediaStream(
+                    content_type=response.headers.get("content-type", "application/octet-stream"),
+                    content_length=length,
+                    chunks=_capped_chunks(response, max_bytes),
+                )
+                return
             finally:
                 await response.aclose()
         raise TwilioError("too many redirects fetching media")

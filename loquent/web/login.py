@@ -106,7 +106,9 @@ async def login_submit(request: Request, ctx: AppContext = Depends(get_context))
         return again(f"Passwords are at most {MAX_PASSWORD_CHARS} characters long.", 400)
 
     client = request.client.host if request.client else "unknown"
-    wait = _throttle(request).retry_after(email, client)
+    # Counted before the password is checked: concurrent guesses cannot all get through
+    # while earlier ones are still being verified.
+    wait = await _throttle(request).attempt(email, client)
     if wait > 0:
         minutes = max(1, round(wait / 60))
         response = again(
@@ -120,9 +122,8 @@ async def login_submit(request: Request, ctx: AppContext = Depends(get_context))
     async with ctx.db.reader() as session:
         found = await service.authenticate_password(session, email, password)
     if found is None:
-        _throttle(request).failed(email, client)
         return again("Email or password is incorrect.", 401)
-    _throttle(request).succeeded(email)
+    await _throttle(request).succeeded(email)
     user, member = found
 
     settings = ctx.settings

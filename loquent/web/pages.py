@@ -14,7 +14,7 @@ from loquent.web.throttle import LoginThrottle
 
 
 def install_web(app: FastAPI) -> None:
-    app.state.login_throttle = LoginThrottle()
+    app.state.login_throttle = LoginThrottle(redis_url=app.state.ctx.settings.redis_url)
     app.include_router(login_router)
     app.include_router(inbox_router)
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
