@@ -2,7 +2,7 @@
 
 It runs inside the web process (embedded default, started from the app lifespan) or on its
 own (``loquent worker``, see ``run_forever``); any number of workers can share a database,
-because claims lease rows (``loquent.jobs.queue``).
+because claims lease rows (``loquent.messaging.body_queue``).
 
 The loop, in short: claim as many due rows as there is room for, start a task per claim,
 then sleep until one of: a wake-up on the jobs topic (new pending work was committed), a
@@ -25,8 +25,14 @@ import structlog
 from loquent.config import Settings, get_settings
 from loquent.db import Database, is_storage_outage, utcnow
 from loquent.jobs.backoff import backoff_delay
-from loquent.jobs.queue import Claim, claim_due_bodies, count_pending, next_due_at, release_claims
-from loquent.messaging.tasks import EnrichContext, enrich_body
+from loquent.messaging.body_queue import (
+    Claim,
+    claim_due_bodies,
+    count_pending,
+    next_due_at,
+    release_claims,
+)
+from loquent.messaging.enrichment import EnrichContext, enrich_body
 from loquent.metrics import ENRICHMENT
 from loquent.orgs.crypto import SecretBox
 from loquent.realtime import log as event_log

@@ -13,11 +13,16 @@ from sqlalchemy import select
 
 from loquent.config import Settings
 from loquent.db import Database, utcnow
-from loquent.jobs.queue import Claim, claim_due_bodies
 from loquent.jobs.worker import Worker
+from loquent.messaging.body_queue import Claim, claim_due_bodies
+from loquent.messaging.enrichment import (
+    EnrichContext,
+    EnrichOutcome,
+    enrich_body,
+    to_fetched_message,
+)
 from loquent.messaging.events import EVT_MESSAGE_STATUS
 from loquent.messaging.models import Message, MessageMedia
-from loquent.messaging.tasks import EnrichContext, EnrichOutcome, enrich_body, to_fetched_message
 from loquent.orgs import service as orgs
 from loquent.orgs.crypto import SecretBox
 from loquent.orgs.models import Organization
