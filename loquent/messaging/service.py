@@ -348,7 +348,7 @@ async def count_bodies(session: AsyncSession, org_id: int) -> BodyCounts:
         )
         .group_by(Message.body_state)
     )
-    counts = {state: int(n) for state, n in rows.tuples()}
+    counts = {state: int(n) for state, n in rows.all()}
     return BodyCounts(
         pending=counts.get(BodyState.PENDING, 0), failed=counts.get(BodyState.FAILED, 0)
     )
