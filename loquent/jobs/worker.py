@@ -94,6 +94,7 @@ class Worker:
         if self.running:
             return
         self._check_lease()
+        self._check_backstop()
         self._stopping = False
         # One connection pool for every organization's calls (it keeps no cookies).
         self._http = self._given_http or build_http_client(
@@ -301,6 +302,18 @@ class Worker:
                 "worker.lease_too_short",
                 lease_seconds=settings.worker_lease_seconds,
                 twilio_timeout_seconds=settings.twilio_timeout_seconds,
+            )
+
+    def _check_backstop(self) -> None:
+        # At the cap, retries come at least cap/2 apart (equal jitter): a backstop below what
+        # the deadline allows would end bodies that are only waiting out an outage.
+        settings = self.settings
+        at_cap = settings.enrich_deadline_seconds / max(settings.enrich_backoff_max_seconds / 2, 1)
+        if settings.enrich_max_attempts < at_cap:
+            log.warning(
+                "worker.enrich_max_attempts_below_deadline",
+                enrich_max_attempts=settings.enrich_max_attempts,
+                attempts_the_deadline_allows=int(at_cap),
             )
 
 
