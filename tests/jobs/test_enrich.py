@@ -177,7 +177,7 @@ async def test_server_errors_fail_only_past_the_deadline(
     """This test used to assert `failed` after `enrich_max_attempts` answers (5 here, about
     half a second). Transient failures are now retried for a span of time, however many
     attempts it takes; `enrich_max_attempts` is only a backstop for crashing jobs."""
-    short = settings.model_copy(update={"enrich_deadline_seconds": 1.5})
+    short = settings.model_copy(update={"enrich_deadline_seconds": 3.0})
     tenant = await make_tenant()
     sid = sim.seed_message(tenant.account_sid, body="never")
     message_id = await store.add_pending(tenant, sid)
@@ -190,10 +190,11 @@ async def test_server_errors_fail_only_past_the_deadline(
     assert message.body_state == "failed"
     assert message.body_error and "gave up" in message.body_error and "503" in message.body_error
     calls = sim.requests(f"{sid}.json")
-    assert len(calls) > 5  # far more than the old attempt limit
     assert message.body_attempts == len(calls)
     span = datetime.fromisoformat(calls[-1]["at"]) - datetime.fromisoformat(calls[0]["at"])
-    assert span.total_seconds() >= 1.5 - 0.2  # not before the deadline (less the cap)
+    # Not before the deadline (less the last call's own latency); the old attempt limit
+    # ended it within about 0.6 s.
+    assert span.total_seconds() >= 3.0 - 0.5
     (event,) = await store.events(tenant.org_id)  # the UI drops its placeholder
     assert event.payload["body_state"] == "failed"
 
