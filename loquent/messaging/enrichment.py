@@ -497,17 +497,22 @@ async def _pause(
     With ``flag_token`` (the stored token we used), the org's credentials are also marked
     invalid, which surfaces in settings. Only if that token is still the stored one: an org
     that reconnected while our request was in flight keeps its fresh credentials.
+
+    A pause restarts the retry deadline of every pending body of the org: time spent
+    waiting for the owner to reconnect is not time Twilio failed, and a body tried before a
+    two-day pause must not fail at the first 500 after the reconnect.
     """
     ctx.rate_limited.pop(claim.message_id, None)
 
     async def flag_org(session: AsyncSession) -> None:
-        if flag_token is None:
-            return
         current = await session.scalar(
             select(Organization.twilio_auth_token).where(Organization.id == claim.organization_id)
         )
-        if current == flag_token:
+        refused = flag_token is not None and current == flag_token
+        if refused:
             await orgs.mark_credentials_invalid(session, claim.organization_id, reason[:500])
+        if refused or current is None:  # else reconnected meanwhile: nothing is paused
+            await service.restart_body_deadlines(session, claim.organization_id)
 
     async def release(session: AsyncSession) -> None:
         await service.schedule_body_retry(

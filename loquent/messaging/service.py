@@ -333,6 +333,17 @@ async def schedule_body_retry(
     message.body_not_found = not_found
 
 
+async def restart_body_deadlines(session: AsyncSession, org_id: int) -> None:
+    """Clear ``body_pending_since`` of the organization's pending bodies, so each gets a full
+    retry deadline from its next claim (after a pause: rejected or missing credentials)."""
+    await session.execute(
+        update(Message)
+        .where(Message.organization_id == org_id, Message.body_state == BodyState.PENDING)
+        .values(body_pending_since=None, updated_at=Message.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
 class BodyCounts(NamedTuple):
     pending: int
     failed: int

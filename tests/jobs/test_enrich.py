@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -298,6 +298,54 @@ async def test_rejected_credentials_pause_the_org_until_it_reconnects(
     assert await worker.drain(10)
     message = await store.message(message_id)
     assert (message.body, message.body_state) == ("after reconnect", "ready")
+
+
+@pytest.mark.asyncio
+async def test_a_pause_restarts_the_retry_deadline(
+    sim: SimControl,
+    db: Database,
+    box: SecretBox,
+    notifier: Notifier,
+    store: Store,
+    make_tenant: MakeTenant,
+    make_worker: MakeWorker,
+) -> None:
+    """A body tried long ago, then paused (401) until the owner reconnects, must not fail at
+    the first 500 after the reconnect: waiting for the owner is not Twilio failing."""
+    tenant = await make_tenant()
+    sid = sim.seed_message(tenant.account_sid, body="after a long pause")
+    message_id = await store.add_pending(tenant, sid)
+    waiting = await store.add_pending(tenant, sim.seed_message(tenant.account_sid, body="w"))
+    long_ago = utcnow() - timedelta(hours=1)  # the deadline in these settings is 20 s
+    async with db.session() as session:
+        for row_id in (message_id, waiting):
+            row = await session.get(Message, row_id)
+            assert row is not None
+            row.body_pending_since = long_ago
+        await session.commit()
+    new_token = sim.rotate_token(tenant.account_sid)
+
+    worker = await make_worker()
+    assert await worker.drain(10)
+    assert (await store.org(tenant.org_id)).twilio_credentials_valid is False
+    for row_id in (message_id, waiting):
+        message = await store.message(row_id)
+        assert (message.body_state, message.body_pending_since) == ("pending", None)
+
+    sim.fault(message_path(sid), status=500, count=1)
+    async with db.session() as session:
+        reconnecting = await session.get(Organization, tenant.org_id)
+        assert reconnecting is not None
+        await orgs.set_twilio_credentials(
+            session, box, reconnecting, account_sid=tenant.account_sid, auth_token=new_token
+        )
+        wake_jobs_after_commit(session)
+        await commit(session, notifier)
+
+    assert await worker.drain(10, include_scheduled=True)
+    message = await store.message(message_id)
+    assert (message.body, message.body_state) == ("after a long pause", "ready")
+    assert [r["status"] for r in sim.requests(f"{sid}.json")][-2:] == [500, 200]
 
 
 @pytest.mark.asyncio
