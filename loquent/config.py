@@ -41,10 +41,17 @@ class Settings(BaseSettings):
     worker_batch_size: int = 20
     worker_per_org_concurrency: int = 4
     worker_lease_seconds: float = 60.0
-    enrich_max_attempts: int = 8
-    enrich_not_found_attempts: int = 4
+    # Body enrichment (loquent.messaging.enrichment). Transient failures (5xx, timeouts,
+    # connection errors, 429) are retried for a span of TIME, like Twilio's own 4-hour webhook
+    # retries, not for a number of attempts: backoff grows to the cap, then repeats at the cap
+    # until the deadline after the body's first attempt.
+    enrich_deadline_seconds: float = 24 * 3600.0
     enrich_backoff_base_seconds: float = 1.0
     enrich_backoff_max_seconds: float = 300.0
+    enrich_not_found_attempts: int = 4  # consecutive 404s before `failed`
+    # Backstop on attempts of any kind, for a job that keeps crashing its worker (each crash
+    # costs a lease, not a backoff). Far above what the deadline allows at the cap.
+    enrich_max_attempts: int = 1000
 
     # Realtime
     sse_ping_seconds: float = 15.0

@@ -16,12 +16,23 @@ _MAX_EXPONENT = 62  # 2**62 already dwarfs any cap; keeps the float finite
 
 
 def backoff_delay(
-    attempt: int, *, base: float, cap: float, rng: random.Random | None = None
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    floor_fraction: float = 0.0,
+    rng: random.Random | None = None,
 ) -> float:
-    """Seconds to wait before retry number ``attempt`` (1 = the first retry)."""
+    """Seconds to wait before retry number ``attempt`` (1 = the first retry).
+
+    Drawn from [floor_fraction·ceiling, ceiling]: 0 is full jitter; 0.5 ("equal jitter")
+    still spreads retries but keeps a long run of them at the cap from averaging half of it,
+    which halves nothing useful and doubles the calls made into an outage.
+    """
     exponent = min(max(attempt, 1) - 1, _MAX_EXPONENT)
-    ceiling = min(cap, base * (2**exponent))
-    return (rng or random).uniform(0.0, max(0.0, ceiling))
+    ceiling = max(0.0, min(cap, base * (2**exponent)))
+    floor = ceiling * min(max(floor_fraction, 0.0), 1.0)
+    return (rng or random).uniform(floor, ceiling)
 
 
 def retry_after_delay(
@@ -30,6 +41,7 @@ def retry_after_delay(
     base: float,
     cap: float,
     *,
+    floor_fraction: float = 0.0,
     rng: random.Random | None = None,
 ) -> float:
     """Seconds to wait after a rate limit: what the server asked for, else plain backoff.
@@ -38,6 +50,6 @@ def retry_after_delay(
     429 pushed back from all returning in the same instant.
     """
     if retry_after is None:
-        return backoff_delay(attempt, base=base, cap=cap, rng=rng)
+        return backoff_delay(attempt, base=base, cap=cap, floor_fraction=floor_fraction, rng=rng)
     wait = min(max(retry_after, 0.0), max(cap, RETRY_AFTER_CEILING_SECONDS))
     return wait + (rng or random).uniform(0.0, wait * 0.1)

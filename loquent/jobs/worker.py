@@ -2,7 +2,7 @@
 
 It runs inside the web process (embedded default, started from the app lifespan) or on its
 own (``loquent worker``, see ``run_forever``); any number of workers can share a database,
-because claims lease rows (``loquent.jobs.queue``).
+because claims lease rows (``loquent.messaging.body_queue``).
 
 The loop, in short: claim as many due rows as there is room for, start a task per claim,
 then sleep until one of: a wake-up on the jobs topic (new pending work was committed), a
@@ -25,8 +25,14 @@ import structlog
 from loquent.config import Settings, get_settings
 from loquent.db import Database, is_storage_outage, utcnow
 from loquent.jobs.backoff import backoff_delay
-from loquent.jobs.queue import Claim, claim_due_bodies, count_pending, next_due_at, release_claims
-from loquent.messaging.tasks import EnrichContext, enrich_body
+from loquent.messaging.body_queue import (
+    Claim,
+    claim_due_bodies,
+    count_pending,
+    next_due_at,
+    release_claims,
+)
+from loquent.messaging.enrichment import EnrichContext, enrich_body
 from loquent.metrics import ENRICHMENT
 from loquent.orgs import service as orgs
 from loquent.orgs.crypto import SecretBox
@@ -89,6 +95,7 @@ class Worker:
         if self.running:
             return
         self._check_lease()
+        self._check_backstop()
         self._stopping = False
         # One connection pool for every organization's calls (it keeps no cookies).
         self._http = self._given_http or build_http_client(
@@ -299,6 +306,18 @@ class Worker:
                 "worker.lease_too_short",
                 lease_seconds=settings.worker_lease_seconds,
                 twilio_timeout_seconds=settings.twilio_timeout_seconds,
+            )
+
+    def _check_backstop(self) -> None:
+        # At the cap, retries come at least cap/2 apart (equal jitter): a backstop below what
+        # the deadline allows would end bodies that are only waiting out an outage.
+        settings = self.settings
+        at_cap = settings.enrich_deadline_seconds / max(settings.enrich_backoff_max_seconds / 2, 1)
+        if settings.enrich_max_attempts < at_cap:
+            log.warning(
+                "worker.enrich_max_attempts_below_deadline",
+                enrich_max_attempts=settings.enrich_max_attempts,
+                attempts_the_deadline_allows=int(at_cap),
             )
 
 

@@ -1,4 +1,7 @@
-"""GET /api/contacts/{id}/messages — one conversation, oldest→newest, paged backwards."""
+"""GET /api/contacts/{id}/messages — one conversation, oldest→newest, paged backwards.
+
+POST /api/messages/bodies/retry — an owner puts the organization's failed bodies back in the
+enrichment queue (``service.requeue_failed_bodies``)."""
 
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ from loquent.context import AppContext, get_context
 from loquent.errors import ApiError
 from loquent.messaging import service
 from loquent.messaging.schemas import MessageOut, message_json
-from loquent.orgs.auth import require_principal
+from loquent.orgs.auth import require_owner, require_principal
 from loquent.orgs.service import Principal
 from loquent.pagination import decode_keyset, encode_keyset
+from loquent.realtime.log import commit
 
 router = APIRouter(prefix="/api", tags=["messages"])
 
@@ -22,6 +26,10 @@ router = APIRouter(prefix="/api", tags=["messages"])
 class MessagePage(BaseModel):
     items: list[MessageOut]
     next_cursor: str | None
+
+
+class RequeuedOut(BaseModel):
+    requeued: int
 
 
 @router.get("/contacts/{contact_id}/messages", response_model=MessagePage)
@@ -48,3 +56,16 @@ async def list_messages(
     page = rows[1:] if more else rows  # rows are oldest→newest; the extra one is the oldest
     next_cursor = encode_keyset(page[0].created_at, page[0].id) if more else None
     return {"items": [message_json(m) for m in page], "next_cursor": next_cursor}
+
+
+@router.post("/messages/bodies/retry", response_model=RequeuedOut)
+async def retry_failed_bodies(
+    principal: Principal = Depends(require_owner),
+    ctx: AppContext = Depends(get_context),
+) -> RequeuedOut:
+    """Fetch every body that ended ``failed`` again, from a fresh start. Owner only: it
+    spends the organization's Twilio API calls."""
+    async with ctx.db.session() as session:
+        requeued = await service.requeue_failed_bodies(session, principal.organization_id)
+        await commit(session, ctx.notifier)  # wakes the worker
+    return RequeuedOut(requeued=requeued)

@@ -3,12 +3,20 @@ the same transaction as the message, so no queued work can be lost to a crash.""
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loquent.db import Base, UtcDateTime, utcnow
+
+
+class BodyState(enum.StrEnum):
+    PENDING = "pending"  # to be fetched from Twilio (the job's state lives in body_*)
+    READY = "ready"
+    EMPTY = "empty"
+    FAILED = "failed"  # gave up; service.requeue_failed_bodies puts it back to pending
 
 
 class Message(Base):
@@ -45,6 +53,12 @@ class Message(Base):
     body_next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     body_locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     body_error: Mapped[str | None] = mapped_column(Text)
+    # When the worker first took the body up (stamped by the claim, cleared by a requeue):
+    # transient failures are retried until enrich_deadline_seconds after it, however many
+    # attempts that takes.
+    body_pending_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Consecutive 404 answers; any other answer resets it. 404 ends in `failed` after a few.
+    body_not_found: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class MessageMedia(Base):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +20,7 @@ from loquent.contacts import service as contacts
 from loquent.contacts.phones import try_normalize
 from loquent.db import utcnow
 from loquent.messaging.events import EVT_MESSAGE_NEW, EVT_MESSAGE_STATUS
-from loquent.messaging.models import Message, MessageMedia
+from loquent.messaging.models import BodyState, Message, MessageMedia
 from loquent.messaging.schemas import FetchedMessage, InboundText, StatusReport, message_json
 from loquent.messaging.statuses import should_advance
 from loquent.orgs import service as orgs
@@ -309,9 +310,18 @@ async def mark_body_failed(session: AsyncSession, message_id: int, reason: str) 
 
 
 async def schedule_body_retry(
-    session: AsyncSession, message_id: int, *, delay: timedelta, reason: str, count_attempt: bool
+    session: AsyncSession,
+    message_id: int,
+    *,
+    delay: timedelta,
+    reason: str,
+    count_attempt: bool,
+    not_found: int = 0,
 ) -> None:
-    """Put a claimed message back for a later attempt (the lease is released)."""
+    """Put a claimed message back for a later attempt (the lease is released).
+
+    ``not_found`` is the run of consecutive 404s so far (0 when this answer was not one).
+    """
     message = await _pending(session, message_id)
     if message is None:
         return
@@ -320,6 +330,72 @@ async def schedule_body_retry(
     message.body_next_attempt_at = utcnow() + delay
     message.body_locked_until = None
     message.body_error = reason[:500]
+    message.body_not_found = not_found
+
+
+async def restart_body_deadlines(session: AsyncSession, org_id: int) -> None:
+    """Clear ``body_pending_since`` of the organization's pending bodies, so each gets a full
+    retry deadline from its next claim (after a pause: rejected or missing credentials)."""
+    await session.execute(
+        update(Message)
+        .where(Message.organization_id == org_id, Message.body_state == BodyState.PENDING)
+        .values(body_pending_since=None, updated_at=Message.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+class BodyCounts(NamedTuple):
+    pending: int
+    failed: int
+
+
+async def count_bodies(session: AsyncSession, org_id: int) -> BodyCounts:
+    """How many of the organization's bodies are still to be fetched, and how many failed."""
+    rows = await session.execute(
+        select(Message.body_state, func.count())
+        .where(
+            Message.organization_id == org_id,
+            Message.body_state.in_((BodyState.PENDING, BodyState.FAILED)),
+        )
+        .group_by(Message.body_state)
+    )
+    counts = {state: int(n) for state, n in rows.all()}
+    return BodyCounts(
+        pending=counts.get(BodyState.PENDING, 0), failed=counts.get(BodyState.FAILED, 0)
+    )
+
+
+async def requeue_failed_bodies(session: AsyncSession, org_id: int) -> int:
+    """Put every ``failed`` body of the organization back to ``pending``; returns how many.
+
+    Each starts over: attempts and 404s reset, due at once, and a fresh retry deadline (its
+    clock starts at the next claim). For whoever learns that fetching may work again: the
+    settings page's "Retry failed", a reconnect with new credentials, the periodic catch-up.
+    Works in the caller's transaction; the worker is woken when the caller commits with
+    ``realtime.log.commit``. No event is published per message: the feed patches each one
+    when its body arrives (or fails again).
+    """
+    now = utcnow()
+    result = await session.execute(
+        update(Message)
+        .where(Message.organization_id == org_id, Message.body_state == BodyState.FAILED)
+        .values(
+            body_state=BodyState.PENDING,
+            body_attempts=0,
+            body_not_found=0,
+            body_next_attempt_at=now,
+            body_locked_until=None,
+            body_pending_since=None,
+            body_error=None,
+            updated_at=Message.updated_at,  # bookkeeping, not a change to the message
+        )
+        .execution_options(synchronize_session=False)
+    )
+    requeued = int(getattr(result, "rowcount", 0) or 0)
+    if requeued:
+        wake_jobs_after_commit(session)
+        log.info("enrich.requeued", org_id=org_id, requeued=requeued)
+    return requeued
 
 
 async def _pending(session: AsyncSession, message_id: int) -> Message | None:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from loquent.context import AppContext, get_context
 from loquent.errors import ApiError
+from loquent.messaging import service as messaging
 from loquent.orgs import service
 from loquent.orgs.auth import require_principal
 from loquent.orgs.models import Organization
@@ -63,6 +64,12 @@ class WebhookHealthOut(BaseModel):
     unmatched_events: int
 
 
+class MessageBodiesOut(BaseModel):
+    # Bodies still to be fetched from Twilio, and those that ended `failed` (retryable).
+    pending: int
+    failed: int
+
+
 class SettingsOut(BaseModel):
     organization: OrganizationOut
     role: str
@@ -70,6 +77,7 @@ class SettingsOut(BaseModel):
     phone_numbers: list[PhoneNumberOut]
     event_sink: EventSinkOut
     webhooks: WebhookHealthOut
+    bodies: MessageBodiesOut
 
 
 def mask_account_sid(sid: str | None) -> str | None:
@@ -89,6 +97,7 @@ async def build_settings(
     if org is None:
         return None
     lines = await service.list_lines(session, org.id)
+    bodies = await messaging.count_bodies(session, org.id)
     return SettingsOut(
         organization=OrganizationOut(id=org.id, name=org.name),
         role=principal.role,
@@ -120,6 +129,7 @@ async def build_settings(
             last_signature_failure_at=org.last_signature_failure_at,
             unmatched_events=org.unmatched_events or 0,
         ),
+        bodies=MessageBodiesOut(pending=bodies.pending, failed=bodies.failed),
     )
 
 

@@ -125,10 +125,13 @@ def settings(database_url: str, sim: SimControl) -> Settings:
         worker_batch_size=10,
         worker_per_org_concurrency=2,
         worker_lease_seconds=10.0,
-        enrich_max_attempts=5,
-        enrich_not_found_attempts=3,
+        # Transient failures are retried for 20 s at most 0.2 s apart (the defaults: 24 h,
+        # 5 min); tests that watch the deadline pass shorten it further.
+        enrich_deadline_seconds=20.0,
         enrich_backoff_base_seconds=0.05,
         enrich_backoff_max_seconds=0.2,
+        enrich_not_found_attempts=3,
+        enrich_max_attempts=500,
         event_log_retention_hours=1.0,
     )
 

@@ -34,3 +34,12 @@ def test_retry_after_missing_falls_back_to_backoff() -> None:
 
 def test_retry_after_has_a_ceiling() -> None:
     assert retry_after_delay(10 * 86400, 1, 1.0, 300.0) <= RETRY_AFTER_CEILING_SECONDS * 1.1
+
+
+def test_floor_fraction_keeps_retries_in_the_top_of_the_window() -> None:
+    rng = random.Random(11)
+    delays = [
+        backoff_delay(20, base=1.0, cap=300.0, floor_fraction=0.5, rng=rng) for _ in range(500)
+    ]
+    assert all(150.0 <= d <= 300.0 for d in delays)
+    assert min(delays) < 160.0 and max(delays) > 290.0  # still spread across that half

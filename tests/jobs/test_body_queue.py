@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from loquent.db import Database, utcnow
-from loquent.jobs.queue import (
+from loquent.messaging.body_queue import (
     Claim,
     claim_due_bodies,
     count_pending,

@@ -1,6 +1,8 @@
-"""Background work for messaging: fetching the body of a message captured without one.
+"""Body enrichment: fetching the body of a message captured without one, and the policy of
+when to try again and when to give up.
 
-``enrich_body`` runs one claimed job (see ``loquent.jobs.queue``) from start to finish:
+``enrich_body`` runs one claimed job (see ``loquent.messaging.body_queue``) from start to
+finish:
 
 1. read the message and its organization (a read transaction: nothing is locked while we
    talk to Twilio, which matters on SQLite where a write transaction blocks every writer);
@@ -8,25 +10,33 @@
 3. in one write transaction, store the answer (or the retry/failure decision) and commit
    through ``realtime.log.commit`` so the SSE streams wake.
 
-How each answer is treated (SPEC §4):
+How each answer is treated (SPEC §4; the decisions are ``RetryPolicy``'s, pure functions of
+the row's bookkeeping and the clock, so they can be checked without waiting for them):
 
 - 200 → body stored, ``ready`` (or ``empty``), ``messaging.message.status`` published.
-- 429 → wait Retry-After (or back off); the attempt is not counted against the message,
-  but a long run of 429s still ends in ``failed`` (``RATE_LIMIT_HARD_CAP``).
-- 5xx, timeouts, connection errors → back off with jitter; ``failed`` after
-  ``enrich_max_attempts``.
+- 5xx, timeouts, connection errors, 429 → the body stays ``pending``. Retries back off
+  exponentially with jitter up to ``enrich_backoff_max_seconds`` (5 min) and then keep
+  coming at about that pace; only when ``enrich_deadline_seconds`` (24 h) have passed since
+  the body's first attempt does a failure end it as ``failed``. Time, not attempts, because
+  an outage is measured in time: Twilio itself retries webhooks for 4 hours, and a give-up
+  after eight quick attempts (≈ 2 minutes) lost bodies to any outage longer than that.
+  429 waits Retry-After and is not counted as an attempt.
 - 404 → Twilio can say this briefly right after a message is created: a few retries
-  (``enrich_not_found_attempts``), then ``failed``.
+  (``enrich_not_found_attempts`` consecutive 404s), then ``failed``.
+- 400-class refusals other than those → ``failed`` at once (asking again gets the same).
 - 401/403 → the organization's credentials are marked invalid (shown in settings), the
   message goes back to pending uncounted, and claims skip the org until it reconnects.
+- ``failed`` is not forever: ``service.requeue_failed_bodies`` (the settings page's "Retry
+  failed", a reconnect, the catch-up) puts an organization's failed bodies back to pending.
 """
 
 from __future__ import annotations
 
 import enum
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -36,10 +46,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from structlog.typing import FilteringBoundLogger
 
 from loquent.config import Settings
-from loquent.db import Database
+from loquent.db import Database, utcnow
 from loquent.jobs.backoff import backoff_delay, retry_after_delay
-from loquent.jobs.queue import Claim
 from loquent.messaging import service
+from loquent.messaging.body_queue import Claim
 from loquent.messaging.models import Message
 from loquent.messaging.schemas import FetchedMedia, FetchedMessage
 from loquent.orgs import service as orgs
@@ -61,9 +71,130 @@ logger = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-# 429s do not use up a message's attempts (being throttled says nothing about the message),
-# but an account that is throttled without end must not keep a job alive forever.
-RATE_LIMIT_HARD_CAP = 50
+# Backoff draws from the top half of its window (see backoff_delay): retries stay spread out,
+# and a long outage costs about one call per 3.75 min at the default cap rather than one per
+# 2.5 min.
+JITTER_FLOOR = 0.5
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after a failed attempt: try again in ``retry_in`` seconds, or fail."""
+
+    retry_in: float | None
+    reason: str
+
+    @property
+    def gives_up(self) -> bool:
+        return self.retry_in is None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try a body again and when to stop. Pure: no I/O, the clock is an argument."""
+
+    base_seconds: float
+    cap_seconds: float
+    deadline: timedelta
+    not_found_attempts: int
+    max_attempts: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            base_seconds=settings.enrich_backoff_base_seconds,
+            cap_seconds=settings.enrich_backoff_max_seconds,
+            deadline=timedelta(seconds=settings.enrich_deadline_seconds),
+            not_found_attempts=settings.enrich_not_found_attempts,
+            max_attempts=settings.enrich_max_attempts,
+        )
+
+    def exhausted(self, attempts: int) -> bool:
+        """The backstop: more claims than any schedule allows (a job crashing its worker)."""
+        return attempts > max(self.max_attempts, self.not_found_attempts)
+
+    def after_transient(
+        self,
+        *,
+        attempts: int,
+        pending_since: datetime,
+        now: datetime,
+        error: str,
+        rng: random.Random | None = None,
+    ) -> Decision:
+        """After a 5xx, a timeout, a connection error or a garbled answer."""
+        if self._past_deadline(pending_since, now):
+            return self._give_up(attempts, pending_since, now, error)
+        delay = backoff_delay(
+            attempts,
+            base=self.base_seconds,
+            cap=self.cap_seconds,
+            floor_fraction=JITTER_FLOOR,
+            rng=rng,
+        )
+        return Decision(delay, error)
+
+    def after_rate_limit(
+        self,
+        *,
+        retry_after: float | None,
+        streak: int,
+        attempts: int,
+        pending_since: datetime,
+        now: datetime,
+        error: str,
+        rng: random.Random | None = None,
+    ) -> Decision:
+        """After a 429: Twilio's Retry-After (honoured even above our cap), else backoff on
+        the run of 429s."""
+        if self._past_deadline(pending_since, now):
+            return self._give_up(attempts, pending_since, now, error)
+        delay = retry_after_delay(
+            retry_after,
+            streak,
+            self.base_seconds,
+            self.cap_seconds,
+            floor_fraction=JITTER_FLOOR,
+            rng=rng,
+        )
+        return Decision(delay, error)
+
+    def after_not_found(
+        self, *, not_found: int, error: str, rng: random.Random | None = None
+    ) -> Decision:
+        """After a 404; ``not_found`` counts this one. Permanent after a few in a row."""
+        if not_found >= self.not_found_attempts:
+            return Decision(None, f"{error} after {not_found} attempts")
+        delay = backoff_delay(
+            not_found,
+            base=self.base_seconds,
+            cap=self.cap_seconds,
+            floor_fraction=JITTER_FLOOR,
+            rng=rng,
+        )
+        return Decision(delay, error)
+
+    def _past_deadline(self, pending_since: datetime, now: datetime) -> bool:
+        return now - pending_since >= self.deadline
+
+    def _give_up(
+        self, attempts: int, pending_since: datetime, now: datetime, error: str
+    ) -> Decision:
+        return Decision(
+            None,
+            f"gave up: Twilio kept failing for {_duration(now - pending_since)} "
+            f"({attempts} attempts; the limit is {_duration(self.deadline)}); "
+            f"last error: {error}",
+        )
+
+
+def _duration(span: timedelta) -> str:
+    seconds = max(0, int(span.total_seconds()))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds} s"
 
 
 class EnrichOutcome(enum.StrEnum):
@@ -84,9 +215,14 @@ class EnrichContext:
     settings: Settings
     box: SecretBox
     http: httpx.AsyncClient
-    # Consecutive 429s per message id. In memory on purpose: the row has no column for it,
-    # and losing the count on a restart only delays the hard cap, it never loops hot.
+    # Consecutive 429s per message id, to size the backoff when Twilio sends no Retry-After
+    # (429s do not count as attempts). In memory on purpose: losing it on a restart only
+    # restarts the backoff; the deadline still bounds the job.
     rate_limited: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy.from_settings(self.settings)
 
 
 @dataclass(frozen=True)
@@ -96,6 +232,8 @@ class _Job:
     message_sid: str | None
     account_sid: str | None
     token_ciphertext: str | None  # to tell later whether the org has reconnected since
+    pending_since: datetime  # the deadline's clock (stamped by the first claim)
+    not_found: int  # consecutive 404s before this attempt
 
 
 async def enrich_body(ctx: EnrichContext, claim: Claim) -> EnrichOutcome:
@@ -120,9 +258,8 @@ async def enrich_body(ctx: EnrichContext, claim: Claim) -> EnrichOutcome:
         return await _pause(ctx, claim, str(exc), flag_token=job.token_ciphertext)
 
     # Crashed attempts are counted by the claim too; this keeps a job that takes its worker
-    # down every time from coming back forever.
-    give_up_after = max(settings.enrich_max_attempts, settings.enrich_not_found_attempts)
-    if claim.attempts > give_up_after:
+    # down every time from coming back until the deadline, a lease at a time.
+    if ctx.policy.exhausted(claim.attempts):
         return await _fail(ctx, claim, log, f"gave up after {claim.attempts - 1} attempts")
 
     client = TwilioClient(
@@ -135,17 +272,22 @@ async def enrich_body(ctx: EnrichContext, claim: Claim) -> EnrichOutcome:
     try:
         fetched = await fetch_message(client, job.message_sid)
     except TwilioRateLimited as exc:
-        return await _rate_limited(ctx, claim, log, exc)
+        return await _rate_limited(ctx, claim, job, log, exc)
     except TwilioAuthError as exc:
         reason = f"Twilio rejected the credentials: {exc}"
         log.warning("enrich.credentials_rejected", status=exc.status, code=exc.code)
         return await _pause(ctx, claim, reason, flag_token=job.token_ciphertext)
     except TwilioNotFound as exc:
-        return await _retry_or_fail(ctx, claim, log, exc, limit=settings.enrich_not_found_attempts)
+        not_found = job.not_found + 1
+        decision = ctx.policy.after_not_found(not_found=not_found, error=str(exc))
+        return await _decided(ctx, claim, log, exc, decision, not_found=not_found)
     except TwilioBadRequest as exc:  # asking again will get the same answer
         return await _fail(ctx, claim, log, f"Twilio refused the request: {exc}")
     except TwilioError as exc:  # 5xx, timeouts, connection errors, garbled answers
-        return await _retry_or_fail(ctx, claim, log, exc, limit=settings.enrich_max_attempts)
+        decision = ctx.policy.after_transient(
+            attempts=claim.attempts, pending_since=job.pending_since, now=utcnow(), error=str(exc)
+        )
+        return await _decided(ctx, claim, log, exc, decision)
     ctx.rate_limited.pop(claim.message_id, None)
 
     async def store(session: AsyncSession) -> bool:
@@ -206,6 +348,8 @@ async def _load(ctx: EnrichContext, claim: Claim) -> _Job | None:
                     Message.external_id,
                     Message.body_state,
                     Message.body_attempts,
+                    Message.body_pending_since,
+                    Message.body_not_found,
                     Organization.twilio_account_sid,
                     Organization.twilio_auth_token,
                 )
@@ -219,6 +363,8 @@ async def _load(ctx: EnrichContext, claim: Claim) -> _Job | None:
         message_sid=row.external_id,
         account_sid=row.twilio_account_sid,
         token_ciphertext=row.twilio_auth_token,
+        pending_since=row.body_pending_since or utcnow(),
+        not_found=row.body_not_found or 0,
     )
 
 
@@ -260,7 +406,13 @@ async def _write(
 
 
 async def _retry(
-    ctx: EnrichContext, claim: Claim, *, delay: float, reason: str, count_attempt: bool = True
+    ctx: EnrichContext,
+    claim: Claim,
+    *,
+    delay: float,
+    reason: str,
+    count_attempt: bool = True,
+    not_found: int = 0,
 ) -> bool:
     async def schedule(session: AsyncSession) -> bool:
         await service.schedule_body_retry(
@@ -269,6 +421,7 @@ async def _retry(
             delay=timedelta(seconds=delay),
             reason=reason,
             count_attempt=count_attempt,
+            not_found=not_found,
         )
         return True
 
@@ -289,24 +442,20 @@ async def _fail(
     return EnrichOutcome.FAILED
 
 
-async def _retry_or_fail(
+async def _decided(
     ctx: EnrichContext,
     claim: Claim,
     log: FilteringBoundLogger,
     exc: TwilioError,
+    decision: Decision,
     *,
-    limit: int,
+    not_found: int = 0,
 ) -> EnrichOutcome:
     ctx.rate_limited.pop(claim.message_id, None)
-    if claim.attempts >= limit:
-        return await _fail(ctx, claim, log, f"{exc} after {claim.attempts} attempts")
-    settings = ctx.settings
-    delay = backoff_delay(
-        claim.attempts,
-        base=settings.enrich_backoff_base_seconds,
-        cap=settings.enrich_backoff_max_seconds,
-    )
-    if not await _retry(ctx, claim, delay=delay, reason=str(exc)):
+    if decision.retry_in is None:
+        return await _fail(ctx, claim, log, decision.reason)
+    delay = decision.retry_in
+    if not await _retry(ctx, claim, delay=delay, reason=decision.reason, not_found=not_found):
         return EnrichOutcome.SKIPPED
     log.info("enrich.retry", error=str(exc), status=exc.status, retry_in=round(delay, 3))
     return EnrichOutcome.RETRY
@@ -315,20 +464,24 @@ async def _retry_or_fail(
 async def _rate_limited(
     ctx: EnrichContext,
     claim: Claim,
+    job: _Job,
     log: FilteringBoundLogger,
     exc: TwilioRateLimited,
 ) -> EnrichOutcome:
     streak = ctx.rate_limited.get(claim.message_id, 0) + 1
-    if streak >= RATE_LIMIT_HARD_CAP:
-        return await _fail(ctx, claim, log, f"still rate limited after {streak} tries: {exc}")
-    ctx.rate_limited[claim.message_id] = streak
-    settings = ctx.settings
-    delay = retry_after_delay(
-        exc.retry_after,
-        streak,
-        settings.enrich_backoff_base_seconds,
-        settings.enrich_backoff_max_seconds,
+    decision = ctx.policy.after_rate_limit(
+        retry_after=exc.retry_after,
+        streak=streak,
+        # The claim counted this attempt; the retry hands it back.
+        attempts=claim.attempts - 1,
+        pending_since=job.pending_since,
+        now=utcnow(),
+        error=str(exc),
     )
+    if decision.retry_in is None:
+        return await _fail(ctx, claim, log, decision.reason)
+    ctx.rate_limited[claim.message_id] = streak
+    delay = decision.retry_in
     if not await _retry(ctx, claim, delay=delay, reason=str(exc), count_attempt=False):
         return EnrichOutcome.SKIPPED
     log.info("enrich.rate_limited", retry_after=exc.retry_after, retry_in=round(delay, 3))
@@ -344,17 +497,22 @@ async def _pause(
     With ``flag_token`` (the stored token we used), the org's credentials are also marked
     invalid, which surfaces in settings. Only if that token is still the stored one: an org
     that reconnected while our request was in flight keeps its fresh credentials.
+
+    A pause restarts the retry deadline of every pending body of the org: time spent
+    waiting for the owner to reconnect is not time Twilio failed, and a body tried before a
+    two-day pause must not fail at the first 500 after the reconnect.
     """
     ctx.rate_limited.pop(claim.message_id, None)
 
     async def flag_org(session: AsyncSession) -> None:
-        if flag_token is None:
-            return
         current = await session.scalar(
             select(Organization.twilio_auth_token).where(Organization.id == claim.organization_id)
         )
-        if current == flag_token:
+        refused = flag_token is not None and current == flag_token
+        if refused:
             await orgs.mark_credentials_invalid(session, claim.organization_id, reason[:500])
+        if refused or current is None:  # else reconnected meanwhile: nothing is paused
+            await service.restart_body_deadlines(session, claim.organization_id)
 
     async def release(session: AsyncSession) -> None:
         await service.schedule_body_retry(

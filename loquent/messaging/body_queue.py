@@ -1,10 +1,13 @@
 """The message table as a job queue: claiming due body-enrichment work with leases.
 
+It lives with messaging because every statement here is about message rows; ``loquent.jobs``
+keeps what knows nothing of messages (backoff) and the process that runs the work.
+
 A message needs its body fetched while ``body_state = 'pending'``. A worker *claims* a row by
 setting ``body_locked_until`` (a lease) in one UPDATE statement; the row stays pending, so a
 worker that dies mid-job loses nothing: the lease runs out and the row is claimable again.
 Each claim counts an attempt (``body_attempts + 1``), which also bounds how often a job that
-keeps crashing its worker is retried.
+keeps crashing its worker is retried, and the first claim stamps ``body_pending_since``.
 
 Fairness: at most ``per_org_cap`` rows of one organization are leased at any moment, counting
 leases held by every worker process, so a burst from one noisy account cannot occupy all the
@@ -23,7 +26,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -138,6 +151,10 @@ async def claim_due_bodies(
         .values(
             body_locked_until=now + timedelta(seconds=lease_seconds),
             body_attempts=Message.body_attempts + 1,
+            # The first attempt starts the clock of the retry deadline (see enrichment).
+            body_pending_since=func.coalesce(
+                Message.body_pending_since, literal(now, UtcDateTime())
+            ),
             updated_at=Message.updated_at,  # bookkeeping, not a change to the message
         )
         .returning(Message.id, Message.organization_id, Message.body_attempts)
