@@ -24,7 +24,8 @@ from loquent.orgs.api import router as settings_router
 from loquent.readiness import readiness
 from loquent.realtime.api import router as realtime_router
 from loquent.twilio.events_api import router as twilio_events_router
-from loquent.web.pages import install_web
+from loquent.twilio.webhooks_api import router as twilio_webhooks_router
+from loquent.web.pages import install_web, storage_outage_page
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,8 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    install_error_handlers(app)
+    install_error_handlers(app, outage_page=storage_outage_page)
     app.include_router(twilio_events_router, tags=["twilio"])
+    app.include_router(twilio_webhooks_router, tags=["twilio"])
     app.include_router(contacts_router)
     app.include_router(messages_router)
     app.include_router(media_router)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,7 +30,12 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
-def install_error_handlers(app: FastAPI) -> None:
+# Renders the page a browser gets when storage is unavailable. The web package provides it
+# (app.py passes it in), so this module never imports the web UI.
+OutagePage = Callable[[Scope], Response]
+
+
+def install_error_handlers(app: FastAPI, *, outage_page: OutagePage | None = None) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
@@ -64,7 +70,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("request.failed", path=request.url.path)
         return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
 
-    app.add_middleware(StorageOutageMiddleware)
+    app.add_middleware(StorageOutageMiddleware, outage_page=outage_page)
 
 
 class StorageOutageMiddleware:
@@ -75,8 +81,9 @@ class StorageOutageMiddleware:
     after answering, which can cut the connection before the answer is flushed.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, outage_page: OutagePage | None = None) -> None:
         self.app = app
+        self.outage_page = outage_page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,9 +103,23 @@ class StorageOutageMiddleware:
             if started or not is_storage_outage(exc):
                 raise
             log.warning("storage.unavailable", path=scope.get("path"), error=type(exc).__name__)
-            response = JSONResponse(
-                error_body("storage_unavailable", "storage is unavailable, retry later"),
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
+            response: Response
+            if self.outage_page is not None and _wants_html(scope):
+                response = self.outage_page(scope)
+                response.status_code = 503
+                response.headers["Retry-After"] = "5"
+            else:
+                response = JSONResponse(
+                    error_body("storage_unavailable", "storage is unavailable, retry later"),
+                    status_code=503,
+                    headers={"Retry-After": "5"},
+                )
             await response(scope, receive, send)
+
+
+def _wants_html(scope: Scope) -> bool:
+    """A browser navigating (a page, a form post) rather than a script or a webhook."""
+    for name, value in scope.get("headers", ()):
+        if name == b"accept":
+            return b"text/html" in value
+    return False

@@ -277,7 +277,7 @@ async def test_unknown_account_is_refused(stack: Stack) -> None:
     event = status_event("sent", sid=new_sid("SM"), account=new_sid("AC"), from_=LINE, to=CUSTOMER)
     response = await stack.post_events([event])
     assert response.status_code == 403
-    assert response.json()["error"]["code"] == "unknown_account"
+    assert response.json()["error"]["code"] == "invalid_signature"
     await nothing_written(stack)
 
 
@@ -310,7 +310,10 @@ def _broken_bodies(account: str) -> list[tuple[str, str]]:
         ("data is a list", variant(lambda e: e.update(data=[1]))),
         ("data is a broken string", variant(lambda e: e.update(data="{nope"))),
         ("missing type", variant(lambda e: e.pop("type"))),
-        ("missing accountSid", variant(lambda e: e["data"].pop("accountSid"))),
+        (
+            "no accountSid and a source naming no account",
+            variant(lambda e: (e["data"].pop("accountSid"), e.update(source="Sink"))),
+        ),
         ("body wrong type", variant(lambda e: e["data"].update(body={"a": 1}))),
         ("numMedia negative", variant(lambda e: e["data"].update(numMedia=-1))),
     ]

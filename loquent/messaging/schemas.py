@@ -7,8 +7,52 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import ColumnElement, String
 
+from loquent.contacts.models import ContactPhone
 from loquent.messaging.models import Message
+from loquent.orgs.models import PhoneNumber
+
+
+def _column_length(column: ColumnElement[Any]) -> int:
+    """The storage limit of a String column: the single source of the parsers' limits."""
+    assert isinstance(column.type, String) and column.type.length is not None
+    return column.type.length
+
+
+# What a status report or inbound text may carry, derived from the columns it is written to.
+# SQLite would store longer values, PostgreSQL refuses them: parsing refuses them first, on
+# both, so a delivery is accepted or rejected as a whole before anything is written.
+MESSAGE_SID_MAX = _column_length(Message.__table__.c.external_id)
+ADDRESS_MAX = min(
+    _column_length(Message.__table__.c.from_address),
+    _column_length(Message.__table__.c.to_address),
+    _column_length(ContactPhone.__table__.c.number),
+)
+LINE_NUMBER_MAX = _column_length(PhoneNumber.__table__.c.number)  # an inbound text's `to`
+ERROR_CODE_MAX = _column_length(Message.__table__.c.error_code)
+BODY_MAX = 10_000  # Text column; Twilio's own limit is 1,600 characters
+NUM_MEDIA_MAX = 100
+
+
+def clean_text(value: str) -> str:
+    """User text as both backends can store it: NUL removed (PostgreSQL refuses it), lone
+    UTF-16 surrogates (a multi-part SMS cut inside an emoji) replaced with U+FFFD.
+    A body is the customer's words; a damaged character is better than a lost text."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # Through UTF-16: a split pair is joined again, each lone half becomes one U+FFFD.
+        value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return value
+
+
+def is_clean_identifier(value: str) -> bool:
+    """Addresses and codes must be printable text that UTF-8 can carry; anything else is a
+    malformed request (400), never silently rewritten: it names who a message belongs to."""
+    return value.isprintable() and clean_text(value) == value
 
 
 class MessageOut(BaseModel):

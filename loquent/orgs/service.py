@@ -103,12 +103,21 @@ async def mark_credentials_invalid(session: AsyncSession, org_id: int, reason: s
 
 
 async def record_signature_failure(session: AsyncSession, org_id: int) -> None:
+    """Count a refused signature at most once per clock minute: anyone who knows the account
+    SID can send forgeries, and must not be able to inflate the counter (or keep the write
+    lock busy); a rotated token still shows up within the minute."""
+    now = utcnow()
+    minute = now.replace(second=0, microsecond=0)
     await session.execute(
         update(Organization)
-        .where(Organization.id == org_id)
+        .where(
+            Organization.id == org_id,
+            (Organization.last_signature_failure_at.is_(None))
+            | (Organization.last_signature_failure_at < minute),
+        )
         .values(
             signature_failures=Organization.signature_failures + 1,
-            last_signature_failure_at=utcnow(),
+            last_signature_failure_at=now,
         )
     )
 
