@@ -57,11 +57,66 @@ async def create_organization(
 async def set_twilio_credentials(
     session: AsyncSession, box: SecretBox, org: Organization, *, account_sid: str, auth_token: str
 ) -> None:
+    """Store credentials Twilio has just accepted.
+
+    Clears "credentials invalid" (paused enrichment resumes: claims skip only invalid orgs)
+    and the signature-failure counter, which counted failures against the previous token.
+    Switching to another account forgets the old account's sink: it is not ours to manage
+    with these credentials.
+    """
+    if org.twilio_account_sid and org.twilio_account_sid != account_sid:
+        clear_event_sink(org)
     org.twilio_account_sid = account_sid
     org.twilio_auth_token = box.encrypt(auth_token)
     org.twilio_credentials_valid = True
     org.twilio_credentials_error = None
     org.twilio_credentials_checked_at = utcnow()
+    org.signature_failures = 0
+    org.last_signature_failure_at = None
+
+
+def clear_twilio_credentials(org: Organization) -> None:
+    """Forget the account: SID, token, shared key and the sink state that went with them."""
+    org.twilio_account_sid = None
+    org.twilio_auth_token = None
+    org.twilio_webhook_shared_key = None
+    org.twilio_credentials_valid = True
+    org.twilio_credentials_error = None
+    org.twilio_credentials_checked_at = None
+    org.signature_failures = 0
+    org.last_signature_failure_at = None
+    clear_event_sink(org)
+
+
+def record_event_sink(
+    org: Organization,
+    *,
+    sink_sid: str,
+    subscription_sid: str,
+    sink_created: bool,
+    subscription_created: bool,
+) -> None:
+    same_sink = org.sink_sid == sink_sid
+    same_subscription = org.subscription_sid == subscription_sid
+    if not same_sink:
+        org.sink_verified_at = None  # a verification of another sink says nothing about this one
+    # Once created here, still ours to remove even when a later setup finds and reuses it.
+    org.sink_created_here = sink_created or (same_sink and bool(org.sink_created_here))
+    org.subscription_created_here = subscription_created or (
+        same_subscription and bool(org.subscription_created_here)
+    )
+    org.sink_sid = sink_sid
+    org.subscription_sid = subscription_sid
+    org.sms_events_active = True
+
+
+def clear_event_sink(org: Organization) -> None:
+    org.sink_sid = None
+    org.subscription_sid = None
+    org.sink_created_here = False
+    org.subscription_created_here = False
+    org.sms_events_active = False
+    org.sink_verified_at = None
 
 
 async def set_webhook_shared_key(

@@ -872,7 +872,14 @@ async def test_sink_test_event(
     assert event["type"] == "com.twilio.eventstreams.test-event"
     assert event["source"] == "Sink"
     assert event["id"] == account.sid
-    assert event["data"] == {"test": "ok"}
+    assert event["dataschema"] == "https://events-schemas.twilio.com/EventStreams.TestSink/1"
+    test_id = event["data"]["test_id"]
+    assert len(test_id) == 34
+    validate = f"/v1/Sinks/{account.sink_sid}/Validate"
+    wrong = await sim.post(validate, data={"TestId": "TE" + "0" * 32}, auth=account.auth)
+    assert wrong.status_code == 400
+    valid = await sim.post(validate, data={"TestId": test_id}, auth=account.auth)
+    assert valid.json() == {"result": "valid"}
     assert event["specversion"] == "1.0"
     assert ISO_MILLIS.match(event["time"])
 
