@@ -814,7 +814,7 @@ async def test_sinks_and_subscriptions_api(
             "Description": "Loquent messages",
             "SinkSid": sink["sid"],
             "Types": [
-                json.dumps({"type": "com.twilio.messaging.message.delivered", "schema_version": 4}),
+                json.dumps({"type": "com.twilio.messaging.message.delivered", "schema_version": 3}),
                 "com.twilio.messaging.inbound-message.received",
             ],
         },
@@ -830,13 +830,17 @@ async def test_sinks_and_subscriptions_api(
     assert by_sink.json()["meta"]["key"] == "subscriptions"
     types = await sim.get(f"/v1/Subscriptions/{sub['sid']}/SubscribedEvents", auth=account.auth)
     assert {(t["type"], t["schema_version"]) for t in types.json()["types"]} == {
-        ("com.twilio.messaging.message.delivered", 4),
-        ("com.twilio.messaging.inbound-message.received", 1),
+        ("com.twilio.messaging.message.delivered", 3),
+        # No version named: the type's current one.
+        ("com.twilio.messaging.inbound-message.received", 6),
     }
 
     await console_sms(sim, account, batch=True)
     [via_api] = receiver.to("/via-api")
     assert [e["type"] for e in via_api.json()] == ["com.twilio.messaging.message.delivered"]
+    # The event is written in the schema version the subscription asked for.
+    [event] = via_api.json()
+    assert event["dataschema"] == "https://events-schemas.twilio.com/Messaging.MessageStatus/3"
 
     bad = await sim.post(
         "/v1/Subscriptions",
