@@ -11,6 +11,7 @@ from loquent.config import Settings
 from loquent.db import Database
 from loquent.orgs.crypto import SecretBox
 from loquent.realtime.notifier import Notifier, build_notifier
+from loquent.twilio.client import build_http_client
 
 
 @dataclass
@@ -28,7 +29,8 @@ class AppContext:
             db=Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms),
             notifier=build_notifier(settings.redis_url),
             box=SecretBox(settings.secret_keys),
-            http=httpx.AsyncClient(timeout=settings.twilio_timeout_seconds, follow_redirects=False),
+            # Shared by every organization's Twilio calls: no cookie jar, no redirects.
+            http=build_http_client(timeout=settings.twilio_timeout_seconds),
         )
 
     async def start(self) -> None:

@@ -567,3 +567,37 @@ async def test_members_are_refused_every_owner_action(app: Stack, sim: Sim) -> N
     assert sim.call("GET", "/requests") == []  # nothing reached Twilio
     assert await snapshot(app, tenant.org_id) == before
     assert (await call(app, "GET", "/api/twilio/numbers", tenant.member)).status_code == 200
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+async def test_the_auth_token_never_reaches_the_logs(
+    sqlite_url: str, sim: Sim, capfd: pytest.CaptureFixture[str]
+) -> None:
+    async with running_stack(
+        sqlite_url, twilio_api_base=sim.url, twilio_events_api_base=sim.url, log_level="DEBUG"
+    ) as app:
+        tenant = await new_tenant(app)
+        sid, token = sim.account()
+        wrong_token = secrets.token_hex(16)
+        rejected = await call(
+            app,
+            "POST",
+            "/api/twilio/connect",
+            tenant.owner,
+            {"account_sid": sid, "auth_token": wrong_token},
+        )
+        assert rejected.status_code == 422
+        accepted = await call(
+            app,
+            "POST",
+            "/api/twilio/connect",
+            tenant.owner,
+            {"account_sid": sid, "auth_token": token},
+        )
+        assert accepted.status_code == 200
+        await call(app, "POST", "/api/twilio/setup-event-sink", tenant.owner)
+    logs = "".join(capfd.readouterr())
+    assert "twilio.connect_refused" in logs and "twilio.connected" in logs  # logging was on
+    assert token not in logs and wrong_token not in logs
