@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from loquent.jobs.queue import claim_due_bodies
+from loquent.logging import configure_logging
 from loquent.orgs import service as orgs
 from loquent.orgs.crypto import SecretBox
 from loquent.orgs.models import Organization, PhoneNumber
@@ -598,6 +599,7 @@ async def test_the_auth_token_never_reaches_the_logs(
         )
         assert accepted.status_code == 200
         await call(app, "POST", "/api/twilio/setup-event-sink", tenant.owner)
+    configure_logging(level="WARNING")  # as every other test leaves it: no DEBUG afterwards
     logs = "".join(capfd.readouterr())
     assert "twilio.connect_refused" in logs and "twilio.connected" in logs  # logging was on
     assert token not in logs and wrong_token not in logs
