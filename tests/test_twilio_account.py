@@ -603,3 +603,23 @@ async def test_the_auth_token_never_reaches_the_logs(
     logs = "".join(capfd.readouterr())
     assert "twilio.connect_refused" in logs and "twilio.connected" in logs  # logging was on
     assert token not in logs and wrong_token not in logs
+
+
+async def test_connecting_another_account_forgets_the_old_sink(app: Stack, sim: Sim) -> None:
+    tenant, _, _ = await connected(app, sim)
+    setup = await call(app, "POST", "/api/twilio/setup-event-sink", tenant.owner)
+    assert setup.status_code == 200
+    assert (await org_row(app, tenant.org_id)).sink_sid == setup.json()["sink_sid"]
+
+    other_sid, other_token = sim.account()
+    response = await call(
+        app,
+        "POST",
+        "/api/twilio/connect",
+        tenant.owner,
+        {"account_sid": other_sid, "auth_token": other_token},
+    )
+    assert response.status_code == 200
+    row = await org_row(app, tenant.org_id)
+    assert row.twilio_account_sid == other_sid
+    assert row.sink_sid is None and row.subscription_sid is None and not row.sms_events_active
