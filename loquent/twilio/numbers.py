@@ -107,21 +107,13 @@ async def sync_numbers(ctx: AppContext, org_id: int, requested: list[str] | None
             f"not on the connected Twilio account: {', '.join(missing)}",
         )
 
-    imported = existing = 0
+    entries = [
+        orgs.LineImport(
+            number=number, twilio_sid=on_account[number][0], friendly_name=on_account[number][1]
+        )
+        for number in wanted
+    ]
     async with ctx.db.session() as session:
-        for number in wanted:
-            sid, name = on_account[number]
-            line = await orgs.find_line(session, org_id, number)
-            if line is None:
-                await orgs.add_phone_number(
-                    session, org_id, number, twilio_sid=sid, friendly_name=name
-                )
-                imported += 1
-                continue
-            existing += 1
-            if not line.twilio_sid:
-                line.twilio_sid = sid
-            if not line.friendly_name:
-                line.friendly_name = name
+        imported, existing = await orgs.import_phone_numbers(session, org_id, entries)
         await session.commit()
     return SyncResult(imported=imported, existing=existing)
