@@ -23,6 +23,7 @@ from loquent.middleware import RequestContextMiddleware
 from loquent.orgs.api import router as settings_router
 from loquent.readiness import readiness
 from loquent.realtime.api import router as realtime_router
+from loquent.twilio.api import router as twilio_account_router
 from loquent.twilio.events_api import router as twilio_events_router
 from loquent.twilio.webhooks_api import router as twilio_webhooks_router
 from loquent.web.pages import install_web, storage_outage_page
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(media_router)
     app.include_router(realtime_router)
     app.include_router(settings_router)
+    app.include_router(twilio_account_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Any:

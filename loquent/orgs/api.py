@@ -53,6 +53,8 @@ class EventSinkOut(BaseModel):
     subscription_sid: str | None
     sms_events_active: bool
     verified_at: datetime | None
+    # Whether this organization created the sink at Twilio (removal deletes only that).
+    created_here: bool
     # Where Twilio must deliver events for this deployment (public base URL + path).
     destination: str
 
@@ -122,6 +124,7 @@ async def build_settings(
             subscription_sid=org.subscription_sid,
             sms_events_active=bool(org.sms_events_active),
             verified_at=org.sink_verified_at,
+            created_here=bool(org.sink_created_here),
             destination=public_url.rstrip("/") + EVENTS_PATH,
         ),
         webhooks=WebhookHealthOut(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loquent.db import Base, UtcDateTime, utcnow
@@ -30,6 +30,12 @@ class Organization(Base):
     subscription_sid: Mapped[str | None] = mapped_column(String(34))
     sms_events_active: Mapped[bool] = mapped_column(Boolean, default=False)
     sink_verified_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Whether this organization created the sink / subscription at Twilio (rather than reusing
+    # ones that already existed): removing the sink tears down only what we created.
+    sink_created_here: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    subscription_created_here: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
     # Health counters shown in settings: a rotated auth token shows up here first.
     signature_failures: Mapped[int] = mapped_column(Integer, default=0)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,11 +67,66 @@ async def create_organization(
 async def set_twilio_credentials(
     session: AsyncSession, box: SecretBox, org: Organization, *, account_sid: str, auth_token: str
 ) -> None:
+    """Store credentials Twilio has just accepted.
+
+    Clears "credentials invalid" (paused enrichment resumes: claims skip only invalid orgs)
+    and the signature-failure counter, which counted failures against the previous token.
+    Switching to another account forgets the old account's sink: it is not ours to manage
+    with these credentials.
+    """
+    if org.twilio_account_sid and org.twilio_account_sid != account_sid:
+        clear_event_sink(org)
     org.twilio_account_sid = account_sid
     org.twilio_auth_token = box.encrypt(auth_token)
     org.twilio_credentials_valid = True
     org.twilio_credentials_error = None
     org.twilio_credentials_checked_at = utcnow()
+    org.signature_failures = 0
+    org.last_signature_failure_at = None
+
+
+def clear_twilio_credentials(org: Organization) -> None:
+    """Forget the account: SID, token, shared key and the sink state that went with them."""
+    org.twilio_account_sid = None
+    org.twilio_auth_token = None
+    org.twilio_webhook_shared_key = None
+    org.twilio_credentials_valid = True
+    org.twilio_credentials_error = None
+    org.twilio_credentials_checked_at = None
+    org.signature_failures = 0
+    org.last_signature_failure_at = None
+    clear_event_sink(org)
+
+
+def record_event_sink(
+    org: Organization,
+    *,
+    sink_sid: str,
+    subscription_sid: str,
+    sink_created: bool,
+    subscription_created: bool,
+) -> None:
+    same_sink = org.sink_sid == sink_sid
+    same_subscription = org.subscription_sid == subscription_sid
+    if not same_sink:
+        org.sink_verified_at = None  # a verification of another sink says nothing about this one
+    # Once created here, still ours to remove even when a later setup finds and reuses it.
+    org.sink_created_here = sink_created or (same_sink and bool(org.sink_created_here))
+    org.subscription_created_here = subscription_created or (
+        same_subscription and bool(org.subscription_created_here)
+    )
+    org.sink_sid = sink_sid
+    org.subscription_sid = subscription_sid
+    org.sms_events_active = True
+
+
+def clear_event_sink(org: Organization) -> None:
+    org.sink_sid = None
+    org.subscription_sid = None
+    org.sink_created_here = False
+    org.subscription_created_here = False
+    org.sms_events_active = False
+    org.sink_verified_at = None
 
 
 async def set_webhook_shared_key(
@@ -166,6 +223,66 @@ async def add_phone_number(
     if friendly_name:
         existing.friendly_name = friendly_name
     return existing
+
+
+@dataclass(frozen=True)
+class LineImport:
+    number: str  # E.164
+    twilio_sid: str
+    friendly_name: str
+
+
+_CHUNK = 500  # rows per statement: well inside SQLite's and asyncpg's parameter limits
+
+
+async def import_phone_numbers(
+    session: AsyncSession, org_id: int, entries: Sequence[LineImport]
+) -> tuple[int, int]:
+    """The set-based form of ``add_phone_number`` for importing a whole account's numbers:
+    ``(imported, existing)``.
+
+    New lines are inserted with ``ON CONFLICT (organization_id, number) DO NOTHING``, so a
+    line created concurrently (an inbound text registering its number) wins quietly, as in
+    the one-by-one get-or-create. Existing lines get the Twilio SID and friendly name only
+    where they have none. A constant number of statements per 500 numbers keeps the write
+    transaction short — on SQLite it blocks webhook ingestion while it lasts.
+    """
+    by_number = {entry.number: entry for entry in entries}
+    numbers = list(by_number)
+    existing: dict[str, PhoneNumber] = {}
+    for start in range(0, len(numbers), _CHUNK):
+        existing.update(await find_lines(session, org_id, set(numbers[start : start + _CHUNK])))
+    for number, line in existing.items():
+        if not line.twilio_sid:
+            line.twilio_sid = by_number[number].twilio_sid
+        if not line.friendly_name:
+            line.friendly_name = by_number[number].friendly_name
+    await session.flush()
+
+    missing = [by_number[number] for number in numbers if number not in existing]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    imported = 0
+    now = utcnow()
+    for start in range(0, len(missing), _CHUNK):
+        rows = [
+            {
+                "organization_id": org_id,
+                "number": entry.number,
+                "twilio_sid": entry.twilio_sid,
+                "friendly_name": entry.friendly_name,
+                "created_at": now,
+            }
+            for entry in missing[start : start + _CHUNK]
+        ]
+        stmt = (
+            insert(PhoneNumber)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["organization_id", "number"])
+            .returning(PhoneNumber.id)
+        )
+        imported += len((await session.scalars(stmt)).all())
+    return imported, len(numbers) - imported
 
 
 async def find_line(session: AsyncSession, org_id: int, number: str) -> PhoneNumber | None:

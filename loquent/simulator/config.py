@@ -29,6 +29,10 @@ class SimulatorConfig:
     delivery_timeout_s: float = 5.0
     retry_backoff_s: tuple[float, ...] = field(default=(0.2, 0.5, 1.0))
 
+    # Largest PageSize a list answers with. Twilio's cap is 1000; lower it to make tests follow
+    # several pages without seeding thousands of resources.
+    max_page_size: int = 1000
+
     # The control API has no authentication, so by default it answers loopback clients only.
     control_loopback_only: bool = True
 

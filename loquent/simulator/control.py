@@ -26,7 +26,7 @@ from loquent.simulator.delivery import (
     DeliveryRecord,
     Signer,
 )
-from loquent.simulator.events import MESSAGE_EVENT_TYPES, STATUS_EVENT_TYPES
+from loquent.simulator.events import MESSAGE_EVENT_TYPES, SCHEMA_VERSIONS, STATUS_EVENT_TYPES
 from loquent.simulator.representations import message_json
 from loquent.simulator.state import STATUS_RANK, Account, Message, SigningKey
 
@@ -227,6 +227,7 @@ class ConfigPatch(ControlModel):
     outbound_status_delay_ms: int | None = Field(None, ge=0)
     retry_backoff_ms: list[int] | None = None
     delivery_timeout_ms: int | None = Field(None, ge=1)
+    max_page_size: int | None = Field(None, ge=1, le=1000)
 
     @field_validator("outbound_statuses")
     @classmethod
@@ -257,6 +258,7 @@ def _config_json(sim: Simulator) -> dict[str, Any]:
         "outbound_status_delay_ms": round(config.outbound_status_delay_s * 1000),
         "retry_backoff_ms": [round(delay * 1000) for delay in config.retry_backoff_s],
         "delivery_timeout_ms": round(config.delivery_timeout_s * 1000),
+        "max_page_size": config.max_page_size,
     }
 
 
@@ -287,6 +289,8 @@ async def patch_config(patch: ConfigPatch, request: Request) -> dict[str, Any]:
         config.retry_backoff_s = tuple(ms / 1000 for ms in patch.retry_backoff_ms)
     if patch.delivery_timeout_ms is not None:
         config.delivery_timeout_s = patch.delivery_timeout_ms / 1000
+    if patch.max_page_size is not None:
+        config.max_page_size = patch.max_page_size
     return _config_json(sim)
 
 
@@ -427,7 +431,7 @@ async def add_sink(account_sid: str, payload: SinkIn, request: Request) -> dict[
     )
     types = payload.types or list(MESSAGE_EVENT_TYPES)
     subscription = sim.store.add_subscription(
-        account.sid, sink.sid, "Simulator subscription", dict.fromkeys(types, 1)
+        account.sid, sink.sid, "Simulator subscription", {t: SCHEMA_VERSIONS[t] for t in types}
     )
     return {"sink_sid": sink.sid, "subscription_sid": subscription.sid, "types": types}
 

@@ -26,7 +26,7 @@ import httpx
 from twilio.request_validator import HMAC_SHA1, RequestValidator
 
 from loquent.simulator.config import SimulatorConfig
-from loquent.simulator.events import message_sid_of
+from loquent.simulator.events import message_sid_of, with_schema_version
 from loquent.simulator.state import Account, SimStore, Sink, iso_millis, utcnow
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ class Deliverer:
         if account is None:
             return []
         targets = list(sinks) if sinks is not None else self._store.sinks_for(account_sid)
-        subscribed = {sink.sid: self._store.subscribed_types(sink.sid) for sink in targets}
+        subscribed = {sink.sid: self._store.subscribed_versions(sink.sid) for sink in targets}
 
         expanded = [event for event in events for _ in range(max(options.duplicate, 1))]
         if options.shuffle:
@@ -261,10 +261,11 @@ class Deliverer:
         jobs: list[tuple[Sink, list[dict[str, Any]]]] = []
         for group in groups:
             for sink in targets:
+                versions = subscribed[sink.sid]
                 selected = [
-                    event
+                    with_schema_version(event, versions.get(event["type"]))
                     for event in group
-                    if not require_subscription or event["type"] in subscribed[sink.sid]
+                    if not require_subscription or event["type"] in versions
                 ]
                 if not selected:
                     continue

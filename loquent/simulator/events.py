@@ -19,8 +19,19 @@ STATUS_EVENT_TYPES: dict[str, str] = {
 }
 MESSAGE_EVENT_TYPES: tuple[str, ...] = (*STATUS_EVENT_TYPES.values(), INBOUND_RECEIVED)
 
-STATUS_SCHEMA = "https://events-schemas.twilio.com/Messaging.MessageStatus/4"
-INBOUND_SCHEMA = "https://events-schemas.twilio.com/Messaging.InboundMessageV1/6"
+SCHEMA_BASE = "https://events-schemas.twilio.com"
+STATUS_SCHEMA_VERSION = 4
+INBOUND_SCHEMA_VERSION = 6
+STATUS_SCHEMA = f"{SCHEMA_BASE}/Messaging.MessageStatus/{STATUS_SCHEMA_VERSION}"
+INBOUND_SCHEMA = f"{SCHEMA_BASE}/Messaging.InboundMessageV1/{INBOUND_SCHEMA_VERSION}"
+SINK_TEST_SCHEMA = f"{SCHEMA_BASE}/EventStreams.TestSink/1"
+
+# The current schema version of each message event type: what a subscription gets when it
+# names a type without a version.
+SCHEMA_VERSIONS: dict[str, int] = {
+    **dict.fromkeys(STATUS_EVENT_TYPES.values(), STATUS_SCHEMA_VERSION),
+    INBOUND_RECEIVED: INBOUND_SCHEMA_VERSION,
+}
 
 
 def new_event_id() -> str:
@@ -94,11 +105,28 @@ def inbound_event(message: Message, *, at: datetime | None = None) -> dict[str, 
     return _envelope(INBOUND_RECEIVED, source, data, at, INBOUND_SCHEMA)
 
 
-def sink_test_event(account_sid: str, *, at: datetime | None = None) -> dict[str, Any]:
-    """The event ``POST /v1/Sinks/{sid}/Test`` sends: source "Sink", the account SID as id."""
-    event = _envelope(SINK_TEST_EVENT, "Sink", {"test": "ok"}, at or utcnow(), None)
+def new_test_id() -> str:
+    return new_sid("TE")
+
+
+def sink_test_event(
+    account_sid: str, test_id: str | None = None, *, at: datetime | None = None
+) -> dict[str, Any]:
+    """The event ``POST /v1/Sinks/{sid}/Test`` sends: source "Sink", the account SID as its
+    id, and the id of this test in ``data.test_id`` (what ``/Validate`` takes as TestId)."""
+    data = {"test_id": test_id or new_test_id()}
+    event = _envelope(SINK_TEST_EVENT, "Sink", data, at or utcnow(), SINK_TEST_SCHEMA)
     event["id"] = account_sid
     return event
+
+
+def with_schema_version(event: dict[str, Any], version: int | None) -> dict[str, Any]:
+    """The event as a subscription to ``version`` of its schema receives it."""
+    schema = event.get("dataschema")
+    if version is None or not isinstance(schema, str) or "/" not in schema:
+        return event
+    name = schema.rsplit("/", 1)[0]
+    return {**event, "dataschema": f"{name}/{version}"}
 
 
 def message_sid_of(event: dict[str, Any]) -> str | None:

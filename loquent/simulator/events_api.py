@@ -13,7 +13,7 @@ from loquent.simulator.auth import authenticate
 from loquent.simulator.core import Simulator
 from loquent.simulator.delivery import DeliveryOptions
 from loquent.simulator.errors import bad_request, not_found
-from loquent.simulator.events import sink_test_event
+from loquent.simulator.events import SCHEMA_VERSIONS, new_test_id, sink_test_event
 from loquent.simulator.paging import Page, page_links, paginate, parse_page_request
 from loquent.simulator.representations import (
     sink_json,
@@ -81,7 +81,7 @@ def parse_subscribed_type(raw: str) -> tuple[str, int]:
     """A ``Types`` value: ``{"type": ..., "schema_version": N}`` as JSON, or a bare type name."""
     text = raw.strip()
     event_type: Any = text
-    version: Any = DEFAULT_SCHEMA_VERSION
+    version: Any = None
     if text.startswith("{"):
         try:
             parsed = json.loads(text)
@@ -90,9 +90,11 @@ def parse_subscribed_type(raw: str) -> tuple[str, int]:
         if not isinstance(parsed, dict):
             raise bad_request(20001, f"Invalid Types value: {raw!r}")
         event_type = parsed.get("type")
-        version = parsed.get("schema_version", DEFAULT_SCHEMA_VERSION)
+        version = parsed.get("schema_version")
     if not isinstance(event_type, str) or not event_type.startswith("com.twilio."):
         raise bad_request(20001, f"Unknown event type in Types: {raw!r}")
+    if version is None:
+        version = SCHEMA_VERSIONS.get(event_type, DEFAULT_SCHEMA_VERSION)
     if not isinstance(version, int) or isinstance(version, bool):
         raise bad_request(20001, f"Invalid schema_version in Types: {raw!r}")
     return event_type, version
@@ -141,7 +143,9 @@ async def list_sinks(request: Request) -> dict[str, Any]:
     sim = simulator(request)
     account = authenticate(sim.store, request)
     page = paginate(
-        sim.store.sinks_for(account.sid), parse_page_request(request.query_params), lambda s: s.sid
+        sim.store.sinks_for(account.sid),
+        parse_page_request(request.query_params, sim.config.max_page_size),
+        lambda s: s.sid,
     )
     base = _base_url(request)
     return {
@@ -181,10 +185,11 @@ async def test_sink(sink_sid: str, request: Request) -> dict[str, Any]:
     sim = simulator(request)
     account = authenticate(sim.store, request)
     sink = _sink_for(sim, account, sink_sid, request)
+    sink.last_test_id = new_test_id()
     sim.deliverer.spawn(
         sim.deliverer.deliver_events(
             account.sid,
-            [sink_test_event(account.sid)],
+            [sink_test_event(account.sid, sink.last_test_id)],
             DeliveryOptions(batch=True),
             sinks=[sink],
             require_subscription=False,
@@ -198,7 +203,9 @@ async def validate_sink(sink_sid: str, request: Request) -> dict[str, Any]:
     sim = simulator(request)
     account = authenticate(sim.store, request)
     sink = _sink_for(sim, account, sink_sid, request)
-    _required(await request.form(), "TestId")
+    test_id = _required(await request.form(), "TestId")
+    if sink.last_test_id is None or test_id != sink.last_test_id:
+        raise bad_request(20001, f"TestId {test_id} does not match the sink's last test event")
     sink.status = "active"
     return {"result": "valid"}
 
@@ -231,7 +238,7 @@ async def list_subscriptions(request: Request) -> dict[str, Any]:
     sink_sid = request.query_params.get("SinkSid") or None
     page = paginate(
         sim.store.subscriptions_for(account.sid, sink_sid),
-        parse_page_request(request.query_params),
+        parse_page_request(request.query_params, sim.config.max_page_size),
         lambda s: s.sid,
     )
     base = _base_url(request)
@@ -267,7 +274,7 @@ async def list_subscribed_events(subscription_sid: str, request: Request) -> dic
     base = _base_url(request)
     # A subscription names a handful of types, so they always fit on one page.
     entries = sorted(subscription.types.items())
-    size = parse_page_request(request.query_params).page_size
+    size = parse_page_request(request.query_params, sim.config.max_page_size).page_size
     return {
         "types": [subscribed_event_json(subscription, t, v, base) for t, v in entries],
         "meta": {

@@ -35,7 +35,7 @@ class Page(Generic[T]):
     has_previous: bool
 
 
-def parse_page_request(query: Mapping[str, str]) -> PageRequest:
+def parse_page_request(query: Mapping[str, str], max_page_size: int = MAX_PAGE_SIZE) -> PageRequest:
     try:
         page_size = int(query.get("PageSize", DEFAULT_PAGE_SIZE))
         page = int(query.get("Page", 0))
@@ -44,7 +44,9 @@ def parse_page_request(query: Mapping[str, str]) -> PageRequest:
     if page_size < 1 or page < 0:
         raise bad_request(20001, "PageSize must be positive and Page not negative")
     return PageRequest(
-        page=page, page_size=min(page_size, MAX_PAGE_SIZE), page_token=query.get("PageToken")
+        page=page,
+        page_size=min(page_size, max_page_size, MAX_PAGE_SIZE),
+        page_token=query.get("PageToken"),
     )
 
 

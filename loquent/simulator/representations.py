@@ -100,9 +100,9 @@ def phone_number_json(number: PhoneNumber) -> dict[str, Any]:
 
 def sink_json(sink: Sink, base_url: str) -> dict[str, Any]:
     url = f"{base_url}/v1/Sinks/{sink.sid}"
+    # Twilio's Sink resource names no account (unlike a Subscription).
     return {
         "sid": sink.sid,
-        "account_sid": sink.account_sid,
         "description": sink.description,
         "sink_configuration": {
             "destination": sink.destination,
@@ -125,6 +125,7 @@ def subscription_json(subscription: Subscription, base_url: str) -> dict[str, An
         "account_sid": subscription.account_sid,
         "description": subscription.description,
         "sink_sid": subscription.sink_sid,
+        "receive_events_from_subaccounts": False,
         "date_created": iso_seconds(subscription.date_created),
         "date_updated": iso_seconds(subscription.date_updated),
         "url": url,

@@ -198,6 +198,7 @@ class Sink:
     batch_events: bool
     sink_type: str = "webhook"
     status: str = "active"
+    last_test_id: str | None = None  # the test event last sent, for /Validate
     date_created: datetime = field(default_factory=utcnow)
     date_updated: datetime = field(default_factory=utcnow)
 
@@ -414,9 +415,13 @@ class SimStore:
         )
 
     def subscribed_types(self, sink_sid: str) -> set[str]:
-        return {
-            event_type
-            for s in self.subscriptions.values()
-            if s.sink_sid == sink_sid
-            for event_type in s.types
-        }
+        return set(self.subscribed_versions(sink_sid))
+
+    def subscribed_versions(self, sink_sid: str) -> dict[str, int]:
+        """Event type → schema version the sink's subscriptions ask for (the highest wins)."""
+        versions: dict[str, int] = {}
+        for subscription in self.subscriptions.values():
+            if subscription.sink_sid == sink_sid:
+                for event_type, version in subscription.types.items():
+                    versions[event_type] = max(version, versions.get(event_type, 0))
+        return versions

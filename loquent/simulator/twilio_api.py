@@ -99,7 +99,7 @@ async def list_messages(account_sid: str, request: Request) -> dict[str, Any]:
     sim = simulator(request)
     account = authenticate_for(sim.store, request, account_sid)
     query = request.query_params
-    page_request = parse_page_request(query)
+    page_request = parse_page_request(query, sim.config.max_page_size)
     filters = [
         (name, query[name])
         for name in ("To", "From", "DateSent", "DateSent>", "DateSent<")
@@ -193,7 +193,7 @@ async def list_media(account_sid: str, message_sid: str, request: Request) -> di
     sim = simulator(request)
     account = authenticate_for(sim.store, request, account_sid)
     message = _message_for(sim, account, message_sid, request)
-    page_request = parse_page_request(request.query_params)
+    page_request = parse_page_request(request.query_params, sim.config.max_page_size)
     page = paginate(message.media, page_request, lambda m: m.sid)
     path = f"{message_path(account.sid, message.sid)}/Media.json"
     return {
@@ -235,7 +235,7 @@ async def fetch_media(
 async def list_numbers(account_sid: str, request: Request) -> dict[str, Any]:
     sim = simulator(request)
     account = authenticate_for(sim.store, request, account_sid)
-    page_request = parse_page_request(request.query_params)
+    page_request = parse_page_request(request.query_params, sim.config.max_page_size)
     wanted = request.query_params.get("PhoneNumber")
     numbers = [
         number

@@ -14,6 +14,7 @@ one exception class per kind of failure, and callers decide what each means for 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -299,6 +300,61 @@ class TwilioClient:
         params = {"PageSize": MAX_PAGE_SIZE}
         return [item async for item in self._iter_pages(path, "incoming_phone_numbers", params)]
 
+    # --- Event Streams (a client built on the Events API base) ---
+
+    async def iter_sinks(self) -> AsyncIterator[dict[str, Any]]:
+        """``GET /v1/Sinks``, every page (v1 lists page with ``meta.next_page_url``)."""
+        async for item in self._iter_v1_pages("/v1/Sinks", "sinks"):
+            yield item
+
+    async def create_sink(
+        self, *, description: str, destination: str, batch_events: bool = True
+    ) -> dict[str, Any]:
+        configuration = {"destination": destination, "method": "POST", "batch_events": batch_events}
+        form = {
+            "Description": description,
+            "SinkType": "webhook",
+            "SinkConfiguration": json.dumps(configuration),
+        }
+        return _json_object(await self._send("POST", "/v1/Sinks", data=form))
+
+    async def delete_sink(self, sink_sid: str) -> None:
+        await self._send("DELETE", f"/v1/Sinks/{_segment(sink_sid)}")
+
+    async def test_sink(self, sink_sid: str) -> dict[str, Any]:
+        """Ask Twilio to send its test event to the sink (``POST /v1/Sinks/{sid}/Test``)."""
+        return _json_object(await self._send("POST", f"/v1/Sinks/{_segment(sink_sid)}/Test"))
+
+    async def iter_subscriptions(
+        self, *, sink_sid: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        params = {"SinkSid": sink_sid} if sink_sid else {}
+        async for item in self._iter_v1_pages("/v1/Subscriptions", "subscriptions", params):
+            yield item
+
+    async def create_subscription(
+        self, *, description: str, sink_sid: str, types: Mapping[str, int]
+    ) -> dict[str, Any]:
+        """One subscription to ``types`` (event type → schema version) on the sink."""
+        form: dict[str, Any] = {
+            "Description": description,
+            "SinkSid": sink_sid,
+            "Types": [
+                json.dumps({"type": event_type, "schema_version": version})
+                for event_type, version in types.items()
+            ],
+        }
+        return _json_object(await self._send("POST", "/v1/Subscriptions", data=form))
+
+    async def iter_subscribed_events(self, subscription_sid: str) -> AsyncIterator[dict[str, Any]]:
+        """The ``{type, schema_version}`` entries of one subscription."""
+        path = f"/v1/Subscriptions/{_segment(subscription_sid)}/SubscribedEvents"
+        async for item in self._iter_v1_pages(path, "types"):
+            yield item
+
+    async def delete_subscription(self, subscription_sid: str) -> None:
+        await self._send("DELETE", f"/v1/Subscriptions/{_segment(subscription_sid)}")
+
     async def create_message(
         self, *, from_: str, to: str, body: str, status_callback: str | None = None
     ) -> dict[str, Any]:
@@ -408,13 +464,37 @@ class TwilioClient:
                     raise TwilioError("paging loop: next_page_uri repeated")
                 seen.add(next_path)
 
+    async def _iter_v1_pages(
+        self, path: str, key: str, params: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The v1 APIs page with ``meta.next_page_url`` (an absolute URL on the same host)."""
+        next_path: str | None = path
+        next_params: Mapping[str, Any] | None = {"PageSize": 50, **(params or {})}
+        seen: set[str] = set()
+        while next_path:
+            page = await self._get_json(next_path, next_params)
+            items = page.get(key) or []
+            if not isinstance(items, list):
+                raise TwilioError(f"unexpected page shape: {key!r} is not a list")
+            for item in items:
+                if isinstance(item, dict):
+                    yield item
+            meta = page.get("meta")
+            next_url = meta.get("next_page_url") if isinstance(meta, dict) else None
+            next_path = next_url if isinstance(next_url, str) and next_url else None
+            next_params = None
+            if next_path is not None:
+                if next_path in seen:
+                    raise TwilioError("paging loop: next_page_url repeated")
+                seen.add(next_path)
+
     async def _send(
         self,
         method: str,
         path: str,
         *,
         params: Mapping[str, Any] | None = None,
-        data: Mapping[str, str] | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
         request = self._http.build_request(
             method, self._resolve(path), params=params, data=data, timeout=self._timeout

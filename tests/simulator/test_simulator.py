@@ -794,7 +794,7 @@ async def test_sinks_and_subscriptions_api(
     assert created.status_code == 201
     sink = created.json()
     assert sink["sid"].startswith("DG")
-    assert sink["account_sid"] == account.sid
+    assert "account_sid" not in sink  # Twilio's Sink resource names no account
     assert sink["sink_configuration"]["destination"] == destination
     assert (sink["sink_type"], sink["status"], sink["description"]) == (
         "webhook",
@@ -814,7 +814,7 @@ async def test_sinks_and_subscriptions_api(
             "Description": "Loquent messages",
             "SinkSid": sink["sid"],
             "Types": [
-                json.dumps({"type": "com.twilio.messaging.message.delivered", "schema_version": 4}),
+                json.dumps({"type": "com.twilio.messaging.message.delivered", "schema_version": 3}),
                 "com.twilio.messaging.inbound-message.received",
             ],
         },
@@ -830,13 +830,17 @@ async def test_sinks_and_subscriptions_api(
     assert by_sink.json()["meta"]["key"] == "subscriptions"
     types = await sim.get(f"/v1/Subscriptions/{sub['sid']}/SubscribedEvents", auth=account.auth)
     assert {(t["type"], t["schema_version"]) for t in types.json()["types"]} == {
-        ("com.twilio.messaging.message.delivered", 4),
-        ("com.twilio.messaging.inbound-message.received", 1),
+        ("com.twilio.messaging.message.delivered", 3),
+        # No version named: the type's current one.
+        ("com.twilio.messaging.inbound-message.received", 6),
     }
 
     await console_sms(sim, account, batch=True)
     [via_api] = receiver.to("/via-api")
     assert [e["type"] for e in via_api.json()] == ["com.twilio.messaging.message.delivered"]
+    # The event is written in the schema version the subscription asked for.
+    [event] = via_api.json()
+    assert event["dataschema"] == "https://events-schemas.twilio.com/Messaging.MessageStatus/3"
 
     bad = await sim.post(
         "/v1/Subscriptions",
@@ -872,7 +876,14 @@ async def test_sink_test_event(
     assert event["type"] == "com.twilio.eventstreams.test-event"
     assert event["source"] == "Sink"
     assert event["id"] == account.sid
-    assert event["data"] == {"test": "ok"}
+    assert event["dataschema"] == "https://events-schemas.twilio.com/EventStreams.TestSink/1"
+    test_id = event["data"]["test_id"]
+    assert len(test_id) == 34
+    validate = f"/v1/Sinks/{account.sink_sid}/Validate"
+    wrong = await sim.post(validate, data={"TestId": "TE" + "0" * 32}, auth=account.auth)
+    assert wrong.status_code == 400
+    valid = await sim.post(validate, data={"TestId": test_id}, auth=account.auth)
+    assert valid.json() == {"result": "valid"}
     assert event["specversion"] == "1.0"
     assert ISO_MILLIS.match(event["time"])
 
