@@ -209,16 +209,18 @@ async def test_ten_minute_outage_scaled_down_every_body_arrives_after_it_returns
         attempts = [(await store.message(i)).body_attempts for i in ids]
         # The ramp (~9 attempts, 0.01 s doubling) then one per 1.5-3 s: ~11 on an idle
         # machine (fewer when it is busy), far fewer than a hot loop would make.
-        assert all(4 <= a <= 25 for a in attempts), attempts
+        assert all(3 <= a <= 25 for a in attempts), attempts
 
         loop = asyncio.get_running_loop()
         back_at = loop.time()
         await forwarder.up()
-        assert await worker.drain(15, include_scheduled=True)
-        # Everything within one cap (3 s) of the return, plus slack for a busy machine.
+        assert await worker.drain(30, include_scheduled=True)
+        assert await states(db, tenant.org_id) == {"ready": 12}
+        # Within one cap (3 s) of the return on an idle machine (1.2-2.5 s seen); the bound
+        # itself is proven on a virtual clock in test_retry_policy.py, so here only a loose
+        # one that a loaded CI machine still meets.
         took = loop.time() - back_at
         print(f"all 12 bodies arrived {took:.2f} s after the API came back")
-        assert took <= 300.0 / scale + 4.0
-        assert await states(db, tenant.org_id) == {"ready": 12}
+        assert took <= 300.0 / scale + 10.0
     finally:
         await forwarder.down()
