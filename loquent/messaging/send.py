@@ -633,3 +633,52 @@ async def claim_in_flight(
         log.info("send.claimed_early_event", message_id=message.id, message_sid=sid)
         return message
     return message if message.external_id == sid else None
+
+
+# --- what the compose box offers ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComposeLine:
+    id: int
+    number: str
+    label: str
+
+
+@dataclass(frozen=True)
+class ComposeOptions:
+    """The conversation page's compose box: the lines to pick from, the one picked by
+    default (as the send API would pick it), and why sending is impossible, if it is."""
+
+    lines: list[ComposeLine]
+    default_line_id: int | None
+    disabled_reason: str | None
+
+
+async def compose_options(session: AsyncSession, org_id: int, contact_id: int) -> ComposeOptions:
+    lines = await orgs.list_lines(session, org_id)
+    options = [
+        ComposeLine(
+            id=line.id,
+            number=line.number,
+            label=f"{line.friendly_name} ({line.number})" if line.friendly_name else line.number,
+        )
+        for line in lines
+    ]
+    default = None
+    reason = None
+    try:
+        default = (await _line(session, org_id, contact_id, None)).id
+    except SendRejected as exc:
+        reason = exc.message
+    org = await session.get(Organization, org_id)
+    if org is None or not org.twilio_account_sid or not org.twilio_auth_token:
+        reason = "Connect a Twilio account in Settings to send texts."
+    elif not org.twilio_credentials_valid:
+        reason = (
+            "Twilio rejected this organization's credentials. "
+            "An owner must reconnect the account in Settings before texts can be sent."
+        )
+    elif reason is None and not await contacts.preferred_number(session, contact_id):
+        reason = "This contact has no phone number to text."
+    return ComposeOptions(lines=options, default_line_id=default, disabled_reason=reason)
