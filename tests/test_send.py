@@ -433,3 +433,75 @@ async def test_a_browser_session_needs_the_csrf_token(flow: tuple[Stack, Sim]) -
         sent = await http.post(url, json=payload, headers={"X-CSRF-Token": csrf})
         assert sent.status_code == 201, sent.text
     assert len(await creates(sim)) == 1
+
+
+async def _in_flight(stack: Stack) -> MessageSend:
+    async def started() -> MessageSend | None:
+        rows = await stack.rows(MessageSend, MessageSend.inflight_line_id.is_not(None))
+        return rows[0] if rows else None
+
+    row: MessageSend = await eventually(started)
+    return row
+
+
+async def test_a_console_text_during_a_send_stays_its_own_message(
+    flow: tuple[Stack, Sim],
+) -> None:
+    """A text from the Console to the same number from the same line while our send waits
+    for Twilio's answer: its events claim our row first; the answer gives it back."""
+    stack, sim = flow
+    contact_id = await add_contact(stack, CUSTOMER)
+    await sim.fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=1500, count=1)
+    sending = asyncio.create_task(post_send(stack, {"contact_id": contact_id, "body": "ours"}))
+    await _in_flight(stack)
+    console = await sim.console_sms(
+        stack.org.account_sid, **{"from": LINE, "to": CUSTOMER, "body": "from the console"}
+    )
+    response = await sending
+    assert response.status_code == 201, response.text
+    ours = response.json()
+    assert ours["external_id"] != console["sid"]
+
+    async def settled_rows() -> list[Message] | None:
+        rows = await stack.rows(Message)
+        done = len(rows) == 2 and all(r.body_state == "ready" for r in rows)
+        return rows if done else None
+
+    rows = await eventually(settled_rows)
+    assert sorted((r.external_id, r.source, r.body) for r in rows) == sorted(
+        [
+            (ours["external_id"], "loquent", "ours"),
+            (console["sid"], "external", "from the console"),
+        ]
+    )
+
+
+async def test_a_send_whose_slot_was_lost_still_ends_as_one_row(flow: tuple[Stack, Sim]) -> None:
+    """If the early events find no send in flight (its slot was taken over as dead), they
+    capture the SID as an external message; the create answer folds that copy into ours."""
+    stack, sim = flow
+    contact_id = await add_contact(stack, CUSTOMER)
+    await sim.call("PATCH", "/config", {"early_status_events": True})
+    await sim.fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=1000, count=1)
+    sending = asyncio.create_task(post_send(stack, {"contact_id": contact_id, "body": "ours"}))
+    slot = await _in_flight(stack)
+    async with stack.db.session() as session:
+        row = await session.get(MessageSend, slot.id)
+        assert row is not None
+        row.inflight_line_id = None
+        row.inflight_to = None
+        await session.commit()
+    response = await sending
+    assert response.status_code == 201, response.text
+    ours = response.json()
+    assert ours["status"] == "sent"  # the captured copy had got that far
+
+    async def delivered() -> bool:
+        rows = await stack.rows(Message)
+        return len(rows) == 1 and rows[0].status == "delivered"
+
+    await eventually(delivered)
+    rows = await stack.rows(Message)
+    assert [(r.id, r.external_id, r.source, r.body) for r in rows] == [
+        (ours["id"], ours["external_id"], "loquent", "ours")
+    ]

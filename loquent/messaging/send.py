@@ -428,6 +428,9 @@ async def _finish_created(
             send, message = await _locked(session, started)
             changed = False
             if message.external_id is None:
+                captured = await service.find_by_sid(session, org_id, sid, for_update=True)
+                if captured is not None:
+                    await _absorb(session, message, captured)
                 message.external_id = sid
                 changed = True
             elif message.external_id != sid:
@@ -453,6 +456,23 @@ async def _finish_created(
             discard_pending_wakeups(session)
             raise
     return SendOutcome(201, payload)
+
+
+async def _absorb(session: AsyncSession, message: Message, captured: Message) -> None:
+    """Our SID was captured as an external message after all (the slot was lost: a send
+    presumed dead and taken over). One text, one row: ours stays — it is the one the sender
+    and the Idempotency-Key know — with the further status; the captured copy goes."""
+    log.warning(
+        "send.captured_twice",
+        message_id=message.id,
+        captured_id=captured.id,
+        sid=captured.external_id,
+    )
+    if should_advance(message.status, captured.status):
+        message.status = captured.status
+        message.error_code = captured.error_code
+    await session.delete(captured)
+    await session.flush()
 
 
 async def _return_misclaimed(
