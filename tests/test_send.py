@@ -505,3 +505,40 @@ async def test_a_send_whose_slot_was_lost_still_ends_as_one_row(flow: tuple[Stac
     assert [(r.id, r.external_id, r.source, r.body) for r in rows] == [
         (ours["id"], ours["external_id"], "loquent", "ours")
     ]
+
+
+async def _session_cookie(stack: Stack, org: Org) -> dict[str, str]:
+    async with stack.db.session() as session:
+        user = await orgs.get_or_create_user(session, f"{secrets.token_hex(4)}@example.com")
+        await orgs.ensure_member(session, user, org.id, "member")
+        raw, _ = await orgs.create_session(session, user.id, org.id, 3600)
+        await session.commit()
+    return {"loquent_session": raw}
+
+
+async def _conversation_page(stack: Stack, org: Org, contact_id: int) -> str:
+    cookies = await _session_cookie(stack, org)
+    async with httpx.AsyncClient(timeout=30, cookies=cookies) as http:
+        response = await http.get(f"{stack.url}/messaging/{contact_id}")
+    assert response.status_code == 200
+    return response.text
+
+
+async def test_the_compose_box_says_why_it_cannot_send(stack: Stack) -> None:
+    contact_id = await add_contact(stack, CUSTOMER)
+    page = await _conversation_page(stack, stack.org, contact_id)
+    assert 'id="compose-disabled"' not in page
+    assert '<select id="compose-line"' in page  # two lines: a picker
+    assert "selected>+14155550100</option>" in page
+
+    lineless = await stack.add_org("Lineless", [])
+    page = await _conversation_page(stack, lineless, await add_contact(stack, CUSTOMER, lineless))
+    assert 'id="compose-disabled"' in page and "no phone line to send from" in page
+    assert '<select id="compose-line"' not in page
+
+    async with stack.db.session() as session:
+        await orgs.mark_credentials_invalid(session, stack.org.id, "HTTP 401")
+        await session.commit()
+    page = await _conversation_page(stack, stack.org, contact_id)
+    assert 'id="compose-disabled"' in page and "must reconnect" in page
+    assert "disabled></textarea>" in page
