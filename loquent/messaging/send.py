@@ -36,7 +36,7 @@ import asyncio
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -139,7 +139,8 @@ class _Plan:
     line_number: str
     recipient: str
     account_sid: str
-    token_ciphertext: str
+    token_ciphertext: str  # to tell later whether the org has reconnected since
+    auth_token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ async def send_message(ctx: SendContext, org_id: int, request: SendRequest) -> S
     client = TwilioClient(
         ctx.settings.twilio_api_base,
         plan.account_sid,
-        ctx.box.decrypt(plan.token_ciphertext),
+        plan.auth_token,
         timeout=ctx.settings.twilio_timeout_seconds,
         http=ctx.http,
     )
@@ -253,6 +254,15 @@ async def _plan(ctx: SendContext, org_id: int, request: SendRequest) -> _Plan:
             "Twilio rejected this organization's credentials. "
             "An owner must reconnect the account in Settings before texts can be sent.",
         )
+    try:
+        auth_token = ctx.box.decrypt(org.twilio_auth_token)
+    except ValueError:  # the secret key changed without keeping the old one
+        raise SendRejected(
+            502,
+            "twilio_credentials_unreadable",
+            "The stored Twilio credentials cannot be read. "
+            "An owner must reconnect the account in Settings.",
+        ) from None
     return _Plan(
         contact_id=contact.id,
         line_id=line.id,
@@ -260,6 +270,7 @@ async def _plan(ctx: SendContext, org_id: int, request: SendRequest) -> _Plan:
         recipient=recipient,
         account_sid=org.twilio_account_sid,
         token_ciphertext=org.twilio_auth_token,
+        auth_token=auth_token,
     )
 
 
