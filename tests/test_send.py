@@ -280,7 +280,7 @@ async def test_rejected_credentials_flag_the_organization(flow: tuple[Stack, Sim
     assert await stack.count(Message) == 1
 
 
-@pytest.mark.parametrize("fault", [{"status": 500}, {"status": 503}, {"delay_ms": 3000}])
+@pytest.mark.parametrize("fault", [{"status": 500}, {"status": 503}, {"delay_ms": 6000}])
 async def test_twilio_down_or_too_slow_is_502_and_nothing_counts_as_sent(
     flow: tuple[Stack, Sim], fault: dict[str, Any]
 ) -> None:

@@ -170,6 +170,8 @@ async def send_message(ctx: SendContext, org_id: int, request: SendRequest) -> S
                 return replay
         plan = await _plan(ctx, org_id, request)
         try:
+            if await _slot_taken(ctx, plan):  # wait without queueing for the write lock
+                raise _SlotBusy()
             started = await _start(ctx, org_id, request, plan, fingerprint)
             break
         except _SlotBusy:
@@ -296,6 +298,17 @@ async def _line(
             "This organization has no phone line to send from. Import one in Settings.",
         )
     return lines[0]
+
+
+async def _slot_taken(ctx: SendContext, plan: _Plan) -> bool:
+    async with ctx.db.reader() as session:
+        lease = await session.scalar(
+            select(MessageSend.lease_until).where(
+                MessageSend.inflight_line_id == plan.line_id,
+                MessageSend.inflight_to == plan.recipient,
+            )
+        )
+    return lease is not None and lease > utcnow()
 
 
 async def _start(
