@@ -1,12 +1,17 @@
 """Messages. The enrichment job's state lives on the row itself (body_* columns), written in
-the same transaction as the message, so no queued work can be lost to a crash."""
+the same transaction as the message, so no queued work can be lost to a crash.
+
+``MessageSend`` is the bookkeeping of a reply sent from the inbox: the Idempotency-Key and
+the answer a retry gets back, and, while Twilio has not answered yet, the in-flight marker
+that lets an early status event find the row it belongs to (see ``messaging/send.py``)."""
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loquent.db import Base, UtcDateTime, utcnow
@@ -72,3 +77,41 @@ class MessageMedia(Base):
     media_sid: Mapped[str] = mapped_column(String(34))
     content_type: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class MessageSend(Base):
+    """One reply sent from the inbox, from before Twilio is called until long after.
+
+    - ``idempotency_key`` (per organization, unique) with ``fingerprint`` (a hash of the
+      request) and, once known, ``response_status`` / ``response_body``: a client retry with
+      the same key gets that first answer back instead of a second text.
+    - ``inflight_line_id`` / ``inflight_to`` are set only while Twilio's answer is awaited;
+      their unique pair allows one send in flight per (line, recipient), so a status event
+      for a SID we have not learnt yet names exactly one row it can belong to. NULLs never
+      collide, so finished sends do not hold the pair.
+    - ``lease_until``: when a send still in flight is presumed dead (its process crashed),
+      so the pair can be taken over.
+    """
+
+    __tablename__ = "message_send"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "idempotency_key"),
+        UniqueConstraint("inflight_line_id", "inflight_to"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id", ondelete="CASCADE"))
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("message.id", ondelete="CASCADE"), unique=True
+    )
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    inflight_line_id: Mapped[int | None] = mapped_column(
+        ForeignKey("phone_number.id", ondelete="CASCADE")
+    )
+    inflight_to: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

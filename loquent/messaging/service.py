@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from loquent.contacts import service as contacts
 from loquent.contacts.phones import try_normalize
 from loquent.db import utcnow
+from loquent.messaging import send as sends
 from loquent.messaging.events import EVT_MESSAGE_NEW, EVT_MESSAGE_STATUS
 from loquent.messaging.models import BodyState, Message, MessageMedia
 from loquent.messaging.schemas import FetchedMessage, InboundText, StatusReport, message_json
@@ -89,6 +90,10 @@ async def _capture_external(session: AsyncSession, org_id: int, report: StatusRe
     lines = await orgs.find_lines(session, org_id, {sender, recipient})
     if line := lines.get(sender):
         direction, counterpart = "outbound", recipient
+        # A reply sent from the inbox whose create answer has not reached us yet.
+        own = await sends.claim_in_flight(session, org_id, line.id, recipient, report.message_sid)
+        if own is not None:
+            return await _apply_status(session, own, report)
     elif line := lines.get(recipient):
         direction, counterpart = "inbound", sender
     else:

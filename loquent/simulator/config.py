@@ -23,6 +23,10 @@ class SimulatorConfig:
     # Status events emitted for a message created through ``POST .../Messages.json``.
     outbound_statuses: tuple[str, ...] = ("queued", "sent", "delivered")
     outbound_status_delay_s: float = 0.2
+    # Report the statuses up to ``sent`` to the sinks (and wait for their answers) before
+    # answering the create call: the order Twilio can produce when Event Streams is faster
+    # than the API response ("the send race").
+    early_status_events: bool = False
 
     # Webhook delivery: Twilio waits at most 5 s for an answer and retries 429/5xx and connection
     # errors for hours; here the retries are few and quick so tests stay fast.

@@ -218,11 +218,18 @@ class FaultIn(ControlModel):
         return value
 
 
+class SendRejectionIn(ControlModel):
+    to: str = Field(pattern=E164)
+    code: int = Field(ge=10000, le=99999, description="Twilio error code, e.g. 21610")
+    message: str | None = Field(None, description="default: Twilio's message for the code")
+
+
 class ConfigPatch(ControlModel):
     media_base_url: str | None = None
     media_size_bytes: int | None = Field(None, ge=1, le=256 * 1024 * 1024)
     media_chunk_delay_ms: int | None = Field(None, ge=0, le=10_000)
     media_content_length: bool | None = None
+    early_status_events: bool | None = None
     outbound_statuses: list[str] | None = None
     outbound_status_delay_ms: int | None = Field(None, ge=0)
     retry_backoff_ms: list[int] | None = None
@@ -256,6 +263,7 @@ def _config_json(sim: Simulator) -> dict[str, Any]:
         "media_content_length": config.media_content_length,
         "outbound_statuses": list(config.outbound_statuses),
         "outbound_status_delay_ms": round(config.outbound_status_delay_s * 1000),
+        "early_status_events": config.early_status_events,
         "retry_backoff_ms": [round(delay * 1000) for delay in config.retry_backoff_s],
         "delivery_timeout_ms": round(config.delivery_timeout_s * 1000),
         "max_page_size": config.max_page_size,
@@ -283,6 +291,8 @@ async def patch_config(patch: ConfigPatch, request: Request) -> dict[str, Any]:
         config.media_content_length = patch.media_content_length
     if patch.outbound_statuses is not None:
         config.outbound_statuses = tuple(patch.outbound_statuses)
+    if patch.early_status_events is not None:
+        config.early_status_events = patch.early_status_events
     if patch.outbound_status_delay_ms is not None:
         config.outbound_status_delay_s = patch.outbound_status_delay_ms / 1000
     if patch.retry_backoff_ms is not None:
@@ -437,6 +447,25 @@ async def add_sink(account_sid: str, payload: SinkIn, request: Request) -> dict[
 
 
 # Traffic
+
+
+@router.post("/accounts/{account_sid}/send-rejections", status_code=201)
+async def add_send_rejection(
+    account_sid: str, payload: SendRejectionIn, request: Request
+) -> dict[str, Any]:
+    """Make ``POST .../Messages.json`` to ``to`` fail with Twilio's error ``code`` (HTTP 400),
+    as Twilio refuses a text to an unsubscribed (21610) or unreachable number."""
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    sim.send_rejections[(account.sid, payload.to)] = (payload.code, payload.message)
+    return {"to": payload.to, "code": payload.code, "message": payload.message}
+
+
+@router.delete("/accounts/{account_sid}/send-rejections", status_code=204)
+async def clear_send_rejections(account_sid: str, request: Request) -> None:
+    sim = simulator(request)
+    for key in [key for key in sim.send_rejections if key[0] == account_sid]:
+        del sim.send_rejections[key]
 
 
 @router.post("/accounts/{account_sid}/console-sms", status_code=201)

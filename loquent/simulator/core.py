@@ -43,6 +43,9 @@ class Simulator:
         self.request_log: deque[dict[str, Any]] = deque(maxlen=self.config.log_limit)
         self.media_fetches: deque[dict[str, Any]] = deque(maxlen=self.config.log_limit)
         self.deliverer = Deliverer(self.store, lambda: self.config, http_client)
+        # (account SID, To) -> (Twilio error code, message or None for Twilio's own): a
+        # ``POST .../Messages.json`` to that number is refused as Twilio refuses it.
+        self.send_rejections: dict[tuple[str, str], tuple[int, str | None]] = {}
 
     async def reset(self) -> None:
         """Forget everything, stop pending deliveries, and restore the startup configuration."""
@@ -51,6 +54,7 @@ class Simulator:
         self.faults.clear()
         self.request_log.clear()
         self.media_fetches.clear()
+        self.send_rejections.clear()
         self.deliverer.records.clear()
         self.config = replace(self._initial_config)
 
@@ -170,27 +174,43 @@ class Simulator:
         self.deliverer.spawn(work)
         return None
 
-    def start_outbound_lifecycle(self, message: Message) -> None:
-        """After ``POST .../Messages.json``: report the configured statuses in the background."""
-        self.deliverer.spawn(self._outbound_lifecycle(message))
+    def start_outbound_lifecycle(self, message: Message, *, skip: int = 0) -> None:
+        """After ``POST .../Messages.json``: report the configured statuses in the background
+        (all but the first ``skip``, already reported before the answer)."""
+        self.deliverer.spawn(self._outbound_lifecycle(message, skip))
 
-    async def _outbound_lifecycle(self, message: Message) -> None:
-        statuses = list(self.config.outbound_statuses)
-        for status in statuses:
+    async def report_before_answer(self, message: Message) -> int:
+        """``early_status_events``: report the statuses up to ``sent`` now, each delivery
+        answered by the sink, before the create call is answered — Event Streams can reach
+        the receiver before Twilio's answer to the POST does. Returns how many were reported.
+        """
+        early = 0
+        for status in self.config.outbound_statuses:
+            if STATUS_RANK.get(status, 0) > STATUS_RANK["sent"]:
+                break
+            await self._report_status(message, status)
+            early += 1
+        return early
+
+    async def _outbound_lifecycle(self, message: Message, skip: int) -> None:
+        for status in list(self.config.outbound_statuses)[skip:]:
             await asyncio.sleep(self.config.outbound_status_delay_s)
             if self.store.messages.get(message.sid) is not message:
                 return  # deleted meanwhile
-            message.apply_status(status)
-            events = self.events_for(message, [status])
-            await self.deliverer.deliver_events(message.account_sid, events)
-            account = self.store.accounts.get(message.account_sid)
-            if message.status_callback and account is not None:
-                await self.deliverer.post_status_callback(
-                    account_sid=account.sid,
-                    url=message.status_callback,
-                    params=status_callback_params(message, status),
-                    signer=Signer.for_account(account),
-                )
+            await self._report_status(message, status)
+
+    async def _report_status(self, message: Message, status: str) -> None:
+        message.apply_status(status)
+        events = self.events_for(message, [status])
+        await self.deliverer.deliver_events(message.account_sid, events)
+        account = self.store.accounts.get(message.account_sid)
+        if message.status_callback and account is not None:
+            await self.deliverer.post_status_callback(
+                account_sid=account.sid,
+                url=message.status_callback,
+                params=status_callback_params(message, status),
+                signer=Signer.for_account(account),
+            )
 
 
 def status_callback_params(message: Message, status: str) -> dict[str, str]:

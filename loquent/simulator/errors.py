@@ -18,6 +18,26 @@ STATUS_ERRORS: dict[int, tuple[int, str]] = {
     504: (20504, "Gateway Timeout"),
 }
 
+# What Twilio answers (HTTP 400) when it refuses a text at ``POST .../Messages.json``;
+# ``{to}`` / ``{from_}`` are filled in. Codes not listed get a generic message.
+SEND_ERROR_MESSAGES: dict[int, str] = {
+    21211: "Invalid 'To' Phone Number: {to}",
+    21408: "Permission to send an SMS has not been enabled for the region indicated by the "
+    "'To' number: {to}.",
+    21606: "The 'From' phone number provided ({from_}) is not a valid message-capable Twilio "
+    "phone number for this destination.",
+    21610: "Attempt to send to unsubscribed recipient",
+    21612: "The 'To' phone number: {to}, is not currently reachable using the 'From' phone "
+    "number: {from_} via SMS.",
+    21614: "'To' number {to} is not a valid mobile number",
+}
+
+
+def send_error_message(code: int, *, to: str, from_: str) -> str:
+    template = SEND_ERROR_MESSAGES.get(code, "The message could not be sent (error {code}).")
+    return template.format(to=to, from_=from_, code=code)
+
+
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Basic realm="Twilio API"'}
 
 

@@ -12,7 +12,7 @@ from starlette.datastructures import FormData
 
 from loquent.simulator.auth import authenticate, authenticate_for
 from loquent.simulator.core import Simulator
-from loquent.simulator.errors import bad_request, not_found
+from loquent.simulator.errors import bad_request, not_found, send_error_message
 from loquent.simulator.paging import page_links, paginate, parse_page_request
 from loquent.simulator.representations import (
     account_json,
@@ -151,6 +151,14 @@ async def create_message(account_sid: str, request: Request) -> dict[str, Any]:
         raise bad_request(21212, f"Invalid From Number (caller ID): {from_}")
     if len(body) > MAX_BODY_LENGTH:
         raise bad_request(21617, "The concatenated message body exceeds the 1600 character limit.")
+    rejection = sim.send_rejections.get((account.sid, to))
+    if rejection is not None:  # a refusal a test asked for (21610 unsubscribed, 21408 …)
+        code, text = rejection
+        raise bad_request(code, text or send_error_message(code, to=to, from_=from_ or ""))
+    if from_ is not None and from_ not in {
+        n.phone_number for n in sim.store.numbers_for(account.sid)
+    }:
+        raise bad_request(21606, send_error_message(21606, to=to, from_=from_))
     if from_ is None:
         # A Messaging Service picks a sender from its pool; here, the account's first number.
         numbers = sim.store.numbers_for(account.sid)
@@ -169,8 +177,10 @@ async def create_message(account_sid: str, request: Request) -> dict[str, Any]:
         status_callback=_form_text(form, "StatusCallback"),
         messaging_service_sid=service_sid,
     )
-    sim.start_outbound_lifecycle(message)
-    return message_json(message)
+    answer = message_json(message)  # what Twilio answers: the message as it was created
+    early = await sim.report_before_answer(message) if sim.config.early_status_events else 0
+    sim.start_outbound_lifecycle(message, skip=early)
+    return answer
 
 
 @router.get("/Accounts/{account_sid}/Messages/{message_sid}.json")

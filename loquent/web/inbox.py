@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from loquent.contacts import service as contacts
 from loquent.context import AppContext, get_context
+from loquent.messaging import send as sends
 from loquent.orgs.api import build_settings
 from loquent.orgs.models import Organization, User
 from loquent.orgs.service import Principal
@@ -94,6 +95,7 @@ async def conversation(
         if contact is None:
             return not_found_page(request, {**frame, "active": "inbox"})
         number = await contacts.preferred_number(session, contact.id)
+        compose = await sends.compose_options(session, principal.organization_id, contact.id)
         cursor = await event_log.latest_id(session, principal.organization_id)
     name = contacts.display_name(contact, number)
     return render(
@@ -103,6 +105,7 @@ async def conversation(
             **frame,
             "active": "inbox",
             "contact": {"id": contact.id, "name": name, "phone": number or ""},
+            "compose": compose,
             "event_cursor": cursor,
         },
     )

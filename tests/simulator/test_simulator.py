@@ -612,6 +612,69 @@ async def test_send_through_the_api_reports_status_events(
 
 
 @pytest.mark.asyncio
+async def test_send_refusals_answer_like_twilio(
+    sim: httpx.AsyncClient, account: SimAccount
+) -> None:
+    rule = await sim.post(
+        f"/_sim/accounts/{account.sid}/send-rejections", json={"to": CONTACT, "code": 21610}
+    )
+    assert rule.status_code == 201
+    refused = await sim.post(
+        f"{account.api}/Messages.json",
+        data={"From": LINE, "To": CONTACT, "Body": "hi"},
+        auth=account.auth,
+    )
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "code": 21610,
+        "message": "Attempt to send to unsubscribed recipient",
+        "more_info": "https://www.twilio.com/docs/errors/21610",
+        "status": 400,
+    }
+    not_ours = await sim.post(
+        f"{account.api}/Messages.json",
+        data={"From": "+14155550999", "To": "+14155550198", "Body": "hi"},
+        auth=account.auth,
+    )
+    assert (not_ours.status_code, not_ours.json()["code"]) == (400, 21606)
+    assert "+14155550999" in not_ours.json()["message"]
+    cleared = await sim.delete(f"/_sim/accounts/{account.sid}/send-rejections")
+    assert cleared.status_code == 204
+    sent = await sim.post(
+        f"{account.api}/Messages.json",
+        data={"From": LINE, "To": CONTACT, "Body": "hi"},
+        auth=account.auth,
+    )
+    assert sent.status_code == 201
+    stored = (await sim.get("/_sim/messages", params={"account_sid": account.sid})).json()
+    assert [m["sid"] for m in stored] == [sent.json()["sid"]]
+
+
+@pytest.mark.asyncio
+async def test_early_status_events_reach_the_sink_before_the_create_answer(
+    sim: httpx.AsyncClient, account: SimAccount, receiver: Receiver
+) -> None:
+    patched = await sim.patch("/_sim/config", json={"early_status_events": True})
+    assert patched.json()["early_status_events"] is True
+    response = await sim.post(
+        f"{account.api}/Messages.json",
+        data={"From": LINE, "To": CONTACT, "Body": "raced"},
+        auth=account.auth,
+    )
+    assert response.status_code == 201
+    assert response.json()["status"] == "queued"  # the answer as Twilio formed it
+    # Already at the sink when the answer came back (delivered follows 10 ms later here).
+    early = receiver.to("/twilio/events")[:2]
+    assert [r.json()[0]["data"]["messageStatus"] for r in early] == ["QUEUED", "SENT"]
+    assert {r.json()[0]["data"]["messageSid"] for r in early} == {response.json()["sid"]}
+    for request in early:
+        assert_signed(request, account.token)
+    assert (await sim.post("/_sim/drain", json={"timeout_s": 5})).json() == {"pending": 0}
+    statuses = [r.json()[0]["data"]["messageStatus"] for r in receiver.to("/twilio/events")]
+    assert statuses == ["QUEUED", "SENT", "DELIVERED"]
+
+
+@pytest.mark.asyncio
 async def test_messages_list_pages_newest_first_and_filters(
     sim: httpx.AsyncClient, account: SimAccount
 ) -> None:

@@ -3,10 +3,11 @@
 // into an Error whose .code and .status the caller can show or branch on.
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, details = {}) {
     super(message);
     this.status = status;
     this.code = code;
+    this.details = details; // the whole "error" object, for fields beyond code and message
   }
 }
 
@@ -37,7 +38,7 @@ export async function api(path, { method = "GET", json, headers = {} } = {}) {
   if (type.includes("application/json")) data = await response.json();
   if (!response.ok) {
     const error = (data && data.error) || {};
-    throw new ApiError(response.status, error.code || "http_" + response.status, error.message || `Request failed (${response.status}).`);
+    throw new ApiError(response.status, error.code || "http_" + response.status, error.message || `Request failed (${response.status}).`, error);
   }
   return data;
 }

@@ -9,6 +9,14 @@
 // (by updated_at), so a fetch and an event racing each other cannot roll a message back.
 // A message with MMS media fetches its media list once (again only if num_media changes)
 // and shows image thumbnails and download links in place of "N attachments".
+//
+// The compose box sends a reply with POST /api/messages/send. The text shows at once as a
+// "sending…" bubble in #feed-pending; it becomes the stored message when either the answer
+// (201) or the SSE message.new for it arrives, whichever is first (matched by the id of the
+// answer, or by the text for the event), so it is never shown twice. Twilio's reason for a
+// refusal is shown under the bubble and the text goes back into the box.
+
+import { api } from "./api.js";
 
 const EVT_NEW = "messaging.message.new";
 const EVT_STATUS = "messaging.message.status";
@@ -319,10 +327,18 @@ function renderMessage(message) {
     source ? el("span", { class: "source-badge", title: sourceTitle(message.source) }, source)
       : null,
     el("span", { class: `status-badge tone-${tone}`, "data-status": message.status },
-      message.status.replaceAll("_", " ")),
+      isSending(message) ? "sending…" : message.status.replaceAll("_", " ")),
     message.error_code
       ? el("span", { class: "error-code", title: "Twilio error code" }, `error ${message.error_code}`)
-      : null));
+      : null),
+  sendErrors.has(message.id)
+    ? el("p", { class: "send-error", role: "alert" }, sendErrors.get(message.id)) : null);
+}
+
+// A reply from the inbox that Twilio has not answered yet (it has no SID).
+function isSending(message) {
+  return message.direction === "outbound" && message.source === "loquent"
+    && !message.external_id && message.status === "queued";
 }
 
 function sourceTitle(source) {
@@ -512,6 +528,167 @@ function applyToFeed(message) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Compose box
+
+const sendErrors = new Map(); // message id -> why Twilio refused it (shown under the bubble)
+
+const composer = {
+  form: document.getElementById("compose"),
+  text: document.getElementById("compose-body"),
+  button: document.getElementById("compose-send"),
+  line: document.getElementById("compose-line"),
+  pendingList: document.getElementById("feed-pending"),
+  attempts: [], // sends not yet matched to a stored message, oldest first
+};
+
+function composeEnabled() {
+  return Boolean(composer.form) && !composer.form.dataset.disabled;
+}
+
+function syncComposeButton() {
+  if (!composer.button) return;
+  composer.button.disabled = !composeEnabled() || !composer.text.value.trim();
+}
+
+function autosize() {
+  const box = composer.text;
+  box.style.height = "auto";
+  box.style.height = `${Math.min(box.scrollHeight + 2, 160)}px`;
+}
+
+function renderAttempt(attempt) {
+  const failed = Boolean(attempt.error);
+  const node = el("li", {
+    class: "message outbound is-pending",
+    "data-pending-key": attempt.key,
+    "data-direction": "outbound",
+    "data-status": failed ? "not-sent" : "sending",
+  },
+  el("div", { class: "bubble" }, el("p", { class: "message-body" }, attempt.body)),
+  el("div", { class: "message-meta" },
+    el("span", { class: `status-badge tone-${failed ? "bad" : "pending"}` },
+      failed ? "not sent" : "sending…")));
+  if (failed) {
+    const retry = el("button", { type: "button", class: "button button-quiet" }, "Retry");
+    retry.addEventListener("click", () => submitAttempt(attempt));
+    node.append(el("p", { class: "send-error", role: "alert" }, attempt.error, retry));
+  }
+  return node;
+}
+
+function showAttempt(attempt) {
+  const node = renderAttempt(attempt);
+  if (attempt.node?.isConnected) attempt.node.replaceWith(node);
+  else composer.pendingList.append(node);
+  attempt.node = node;
+  els.feedEmpty.hidden = true;
+}
+
+function settleAttempt(attempt) {
+  attempt.node?.remove();
+  composer.attempts = composer.attempts.filter((a) => a !== attempt);
+}
+
+// A message.new for one of our own replies may beat the answer to the POST: the first
+// waiting attempt with the same text is that reply.
+function adoptFromEvent(message) {
+  if (message.contact_id !== openContactId || message.direction !== "outbound"
+    || message.source !== "loquent" || feed.messages.has(message.id)) return;
+  const attempt = composer.attempts.find((a) => a.messageId === undefined && !a.error
+    && a.body === message.body);
+  if (!attempt) return;
+  attempt.messageId = message.id;
+  settleAttempt(attempt);
+}
+
+function restoreText(text) {
+  if (composer.text.value.trim()) return; // never overwrite what is being typed
+  composer.text.value = text;
+  autosize();
+  syncComposeButton();
+}
+
+async function submitAttempt(attempt) {
+  attempt.error = null;
+  showAttempt(attempt);
+  scrollToBottom();
+  const json = { contact_id: openContactId, body: attempt.body };
+  if (attempt.lineId) json.phone_number_id = attempt.lineId;
+  try {
+    const message = await api("/api/messages/send", {
+      method: "POST", json, headers: { "Idempotency-Key": attempt.key },
+    });
+    settleAttempt(attempt);
+    applyToFeed(message);
+  } catch (error) {
+    const stored = error.details?.failed_message;
+    if (stored) {
+      // Twilio refused it (or could not be reached): the stored row says "failed"; the
+      // reason goes under it, and the text back into the box to edit and send again.
+      sendErrors.set(stored.id, error.message);
+      settleAttempt(attempt);
+      const shown = feed.messages.get(stored.id);
+      if (shown) {
+        feed.messages.delete(stored.id); // re-render even if the event was newer
+        els.feed.querySelector(`[data-message-id="${stored.id}"]`)?.remove();
+        applyToFeed(Date.parse(shown.updated_at) > Date.parse(stored.updated_at) ? shown : stored);
+      } else {
+        applyToFeed(stored);
+      }
+    } else if (attempt.messageId !== undefined) {
+      // Stored already (its event arrived), the answer was lost: the feed follows the row.
+      showNotice(`The reply may not have been sent: ${error.message}`);
+    } else {
+      // Nothing stored: keep the bubble with the reason; Retry sends with the same key,
+      // so a request that did reach the server is not sent twice.
+      attempt.error = error.message;
+      showAttempt(attempt);
+    }
+    restoreText(attempt.body);
+  }
+}
+
+function sendFromBox() {
+  if (!composeEnabled()) return;
+  const text = composer.text.value;
+  if (!text.trim()) return;
+  const attempt = {
+    key: crypto.randomUUID(),
+    body: text.trim(),
+    lineId: composer.line ? Number(composer.line.value) : null,
+    error: null,
+    node: null,
+    messageId: undefined,
+  };
+  composer.attempts.push(attempt);
+  composer.text.value = "";
+  autosize();
+  syncComposeButton();
+  composer.text.focus();
+  submitAttempt(attempt);
+}
+
+function startCompose() {
+  if (!composer.form) return;
+  composer.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendFromBox();
+  });
+  composer.text.addEventListener("keydown", (event) => {
+    // Enter sends; Shift+Enter (and Enter while an input method is composing) is a newline.
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      sendFromBox();
+    }
+  });
+  composer.text.addEventListener("input", () => {
+    autosize();
+    syncComposeButton();
+  });
+  syncComposeButton();
+}
+
+// ---------------------------------------------------------------------------------------
 // Live updates. EventSource reconnects by itself and sends Last-Event-ID; if the server
 // refuses the stream (signed out, restarting) the browser gives up, so we check whether
 // the session is still valid and reconnect from the last event id we saw.
@@ -541,6 +718,7 @@ function onLiveEvent(event) {
   const message = data.payload;
   if (event.type === EVT_NEW) {
     refreshContacts();
+    adoptFromEvent(message);
     applyToFeed(message);
   } else if (event.type === EVT_STATUS) {
     patchContactPreview(message);
@@ -600,6 +778,7 @@ function start() {
   if (body.dataset.page !== "messaging") return;
   els.contactsMore?.addEventListener("click", loadMoreContacts);
   els.loadOlder?.addEventListener("click", loadOlder);
+  startCompose();
   // Connect first: the stream resumes from the id the page was rendered at, so anything
   // that happens while the list and feed load is still delivered.
   connect();
