@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from loquent.context import AppContext
 from loquent.db import is_unique_violation
+from loquent.messaging import service as messaging
 from loquent.orgs import service as orgs
 from loquent.orgs.models import Organization
 from loquent.realtime.log import commit, wake_jobs_after_commit
@@ -213,7 +214,10 @@ async def connect(ctx: AppContext, org_id: int, account_sid: str, auth_token: st
             await orgs.set_twilio_credentials(
                 session, ctx.box, org, account_sid=account_sid, auth_token=auth_token
             )
-            wake_jobs_after_commit(session)  # paused enrichment may resume now
+            # Paused enrichment may resume now, and bodies that failed under the old
+            # credentials get a fresh start.
+            await messaging.requeue_failed_bodies(session, org_id)
+            wake_jobs_after_commit(session)
             await commit(session, ctx.notifier)
     except IntegrityError as exc:  # another organization connected it a moment ago
         if not is_unique_violation(exc):
