@@ -20,8 +20,10 @@ class Settings(BaseSettings):
     # Storage and fan-out
     database_url: str = "sqlite+aiosqlite:///./loquent.db"
     redis_url: str | None = None
-    # /readyz answers 503 (not 200 "degraded") while Redis is down.
-    readyz_require_redis: bool = False
+    # /readyz answers 503 while a configured Redis is down. Set false to answer 200
+    # "degraded" instead: every process still works without it (wake-ups fall back to polling),
+    # and a load balancer would otherwise take every instance out at once over one Redis.
+    readyz_require_redis: bool = True
 
     # The URL Twilio calls; signatures are checked against it, never against what the
     # server sees behind a proxy.
