@@ -21,6 +21,7 @@ from loquent.messaging.media_api import router as media_router
 from loquent.orgs.api import router as settings_router
 from loquent.realtime.api import router as realtime_router
 from loquent.twilio.events_api import router as twilio_events_router
+from loquent.twilio.history_api import router as twilio_history_router
 from loquent.web.pages import install_web
 
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(media_router)
     app.include_router(realtime_router)
     app.include_router(settings_router)
+    app.include_router(twilio_history_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz(request: Request) -> Any:

@@ -31,6 +31,7 @@ from loquent.metrics import ENRICHMENT
 from loquent.orgs.crypto import SecretBox
 from loquent.realtime import log as event_log
 from loquent.realtime.notifier import JOBS_TOPIC, Notifier, build_notifier
+from loquent.twilio.catchup import SyncRunner
 from loquent.twilio.client import build_http_client
 
 log = structlog.get_logger(__name__)
@@ -72,6 +73,7 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._sync: SyncRunner | None = None
         self.outcomes: Counter[str] = Counter()  # per EnrichOutcome, for metrics and tests
 
     # --- lifecycle ---
@@ -101,12 +103,23 @@ class Worker:
             http=self._http,
         )
         self._loop_task = asyncio.create_task(self._run(), name="loquent-worker")
+        # History imports and catch-up after downtime run beside enrichment (own loop).
+        self._sync = SyncRunner(
+            db=self.db,
+            notifier=self.notifier,
+            settings=self.settings,
+            box=self._box,
+            http=self._http,
+        )
+        await self._sync.start()
 
     async def stop(self, *, grace: float = 10.0) -> None:
         """Stop claiming, give running jobs ``grace`` seconds, then cancel the rest and hand
         their leases back so another worker can take them at once."""
         self._stopping = True
         self._wake.set()
+        if self._sync is not None:
+            await self._sync.stop(grace=grace)
         if self._loop_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._loop_task), timeout=grace)

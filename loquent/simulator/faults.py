@@ -23,7 +23,9 @@ class FaultRule:
     count: int | None = None  # how many matching requests to fault; None means every one
     retry_after: float | None = None
     delay_ms: int | None = None
+    after: int = 0  # matching requests let through before the rule starts to apply
     hits: int = 0
+    passed: int = 0
     _pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +61,8 @@ class FaultRule:
             "count": self.count,
             "retry_after": self.retry_after,
             "delay_ms": self.delay_ms,
+            "after": self.after,
+            "passed": self.passed,
             "hits": self.hits,
             "remaining": self.remaining,
         }
@@ -80,6 +84,7 @@ class FaultBook:
         count: int | None = None,
         retry_after: float | None = None,
         delay_ms: int | None = None,
+        after: int = 0,
     ) -> FaultRule:
         rule = FaultRule(
             id=next(self._ids),
@@ -89,6 +94,7 @@ class FaultBook:
             count=count,
             retry_after=retry_after,
             delay_ms=delay_ms,
+            after=after,
         )
         self._rules.append(rule)
         return rule
@@ -97,6 +103,9 @@ class FaultBook:
         """The rule that applies to this request, if any, counting the hit."""
         for rule in self._rules:
             if rule.matches(method, path):
+                if rule.passed < rule.after:
+                    rule.passed += 1
+                    continue
                 rule.hits += 1
                 return rule
         return None
