@@ -8,6 +8,7 @@ to configure the app.
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from datetime import datetime, timedelta
@@ -519,14 +520,15 @@ async def traffic(account_sid: str, payload: TrafficIn, request: Request) -> dic
     if not lines:
         raise HTTPException(400, "the account has no numbers: add one or pass lines")
     start = payload.start or utcnow()
-    inbound_every = round(1 / payload.inbound_share) if payload.inbound_share > 0 else 0
+    share = payload.inbound_share
     # Counterparts are 11-digit numbers (NANP with the default prefix): prefix + zero-padded i.
     width = max(1, 11 - (len(payload.counterpart_prefix) - 1))
     sids: list[str] = []
     for i in range(payload.count):
         line = lines[i % len(lines)]
         other = payload.counterpart_prefix + str(i % payload.counterparts).zfill(width)
-        inbound = inbound_every > 0 and i % inbound_every == inbound_every - 1
+        # Spread evenly: exactly round-down(count × share) inbound texts, interleaved.
+        inbound = math.floor((i + 1) * share) > math.floor(i * share)
         media = (
             ["https://media.example/cat.jpg"]
             if (payload.media_every and i % payload.media_every == payload.media_every - 1)
