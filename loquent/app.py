@@ -34,17 +34,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.start()
         worker = None
+        sync = None
         if settings.run_worker:
             from loquent.jobs.worker import Worker
+            from loquent.twilio.catchup import SyncRunner
 
             worker = Worker(
                 db=ctx.db, notifier=ctx.notifier, settings=settings, box=ctx.box, http=ctx.http
             )
             await worker.start()
+            # History imports and catch-up after downtime run beside enrichment.
+            sync = SyncRunner(
+                db=ctx.db, notifier=ctx.notifier, settings=settings, box=ctx.box, http=ctx.http
+            )
+            await sync.start()
         app.state.worker = worker
         try:
             yield
         finally:
+            if sync is not None:
+                await sync.stop()
             if worker is not None:
                 await worker.stop()
             await ctx.close()

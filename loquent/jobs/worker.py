@@ -73,7 +73,6 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
-        self._sync: SyncRunner | None = None
         self.outcomes: Counter[str] = Counter()  # per EnrichOutcome, for metrics and tests
 
     # --- lifecycle ---
@@ -103,23 +102,12 @@ class Worker:
             http=self._http,
         )
         self._loop_task = asyncio.create_task(self._run(), name="loquent-worker")
-        # History imports and catch-up after downtime run beside enrichment (own loop).
-        self._sync = SyncRunner(
-            db=self.db,
-            notifier=self.notifier,
-            settings=self.settings,
-            box=self._box,
-            http=self._http,
-        )
-        await self._sync.start()
 
     async def stop(self, *, grace: float = 10.0) -> None:
         """Stop claiming, give running jobs ``grace`` seconds, then cancel the rest and hand
         their leases back so another worker can take them at once."""
         self._stopping = True
         self._wake.set()
-        if self._sync is not None:
-            await self._sync.stop(grace=grace)
         if self._loop_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._loop_task), timeout=grace)
@@ -326,9 +314,8 @@ async def run_forever(settings: Settings | None = None) -> None:
     db = Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     notifier = build_notifier(settings.redis_url)
     await notifier.start()
-    worker = Worker(
-        db=db, notifier=notifier, settings=settings, box=SecretBox(settings.secret_keys)
-    )
+    box = SecretBox(settings.secret_keys)
+    worker = Worker(db=db, notifier=notifier, settings=settings, box=box)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -336,12 +323,18 @@ async def run_forever(settings: Settings | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
+    # History imports and catch-up after downtime: their own loop, beside enrichment.
+    sync_http = build_http_client(timeout=settings.twilio_timeout_seconds)
+    sync = SyncRunner(db=db, notifier=notifier, settings=settings, box=box, http=sync_http)
     try:
         await worker.start()
+        await sync.start()
         await stop.wait()
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+        await sync.stop()
+        await sync_http.aclose()
         await worker.stop()
         await notifier.stop()
         await db.dispose()

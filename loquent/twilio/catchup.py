@@ -42,6 +42,7 @@ from loquent.orgs.crypto import SecretBox
 from loquent.orgs.models import Organization
 from loquent.realtime.notifier import Notifier
 from loquent.twilio.history import (
+    CATCHUP_SETTLE,
     IMPORTS_TOPIC,
     RunClaim,
     SyncContext,
@@ -95,8 +96,11 @@ async def schedule_catchups(
                 or (now - last.created_at).total_seconds() < min_gap_seconds
             ):
                 continue
+            # Never less than twice the settle window, or texts left out for being too new
+            # could fall between two runs.
+            overlap = max(overlap_seconds, 2 * CATCHUP_SETTLE.total_seconds())
             since = await _starting_point(session, org_id, org_created_at) - timedelta(
-                seconds=overlap_seconds
+                seconds=overlap
             )
             if await insert_run(session, org_id, ImportKind.CATCHUP, since) is not None:
                 created += 1

@@ -67,6 +67,11 @@ from loquent.twilio.import_models import ImportKind, ImportState, MessageImport
 
 log = structlog.get_logger(__name__)
 
+# Catch-up leaves out what was created this shortly before it started: those texts' webhooks
+# are most likely on their way, and live capture gives them their message.new. The next
+# catch-up starts an overlap (far longer) before this one, so nothing falls between.
+CATCHUP_SETTLE = timedelta(seconds=60)
+
 # Wakes the runners when an import is requested (the rows are the truth; runners also poll).
 IMPORTS_TOPIC = "imports"
 
@@ -348,13 +353,15 @@ async def record_page(
     *,
     kind: ImportKind,
     not_before: datetime | None,
+    not_after: datetime | None = None,
     addresses: _Addresses | None = None,
 ) -> PageOutcome:
     """Record one page's messages in the caller's transaction, set-based.
 
     A message is kept when it touches one of the organization's lines (direction from
     ownership, as capture decides it) and, with ``not_before``, was sent at or after it.
-    Everything else listed counts as skipped, as do SIDs the inbox already has.
+    With ``not_after``, messages created later are left out too. Everything else listed
+    counts as skipped, as do SIDs the inbox already has.
     """
     addresses = addresses or _Addresses()
     outcome = PageOutcome()
@@ -364,7 +371,11 @@ async def record_page(
     counterpart_of: dict[str, str] = {}
     now = utcnow()
     for item in items:
-        if item.sid in rows or (not_before is not None and (item.sent_at or now) < not_before):
+        if (
+            item.sid in rows
+            or (not_before is not None and (item.sent_at or now) < not_before)
+            or (not_after is not None and (item.created_at or now) > not_after)
+        ):
             outcome.skipped += 1
             continue
         sender = addresses.normalize(item.sender)
@@ -453,6 +464,7 @@ class SyncContext:
 class _RunStart:
     kind: ImportKind
     since: datetime | None
+    created_at: datetime
     cursor: str | None
     pages: int
     account_sid: str
@@ -542,6 +554,7 @@ async def _load(ctx: SyncContext, claim: RunClaim) -> _RunStart | str | None:
         return _RunStart(
             kind=ImportKind(run.kind),
             since=run.since,
+            created_at=run.created_at,
             cursor=run.next_page_uri,
             pages=run.pages,
             account_sid=org.twilio_account_sid,
@@ -654,6 +667,9 @@ async def _commit_page(
             listed,
             kind=start.kind,
             not_before=start.since if start.kind == ImportKind.HISTORY else None,
+            not_after=(
+                start.created_at - CATCHUP_SETTLE if start.kind == ImportKind.CATCHUP else None
+            ),
             addresses=addresses,
         )
         now = utcnow()

@@ -100,3 +100,39 @@ async def test_a_failed_import_shows_why(browser: Browser, import_stack: Stack) 
     await expect(section.locator("#import-error")).to_contain_text("refused the credentials")
     no_script_errors(page)
     await page.context.close()
+
+
+@pytest.mark.asyncio
+async def test_members_do_not_get_the_import_controls(
+    browser: Browser, import_stack: Stack
+) -> None:
+    from loquent.config import Settings
+    from loquent.context import AppContext
+    from loquent.orgs import service
+    from tests.e2e.conftest import PASSWORD, SECRET_KEY
+
+    org = import_stack.orgs["initech"]
+    email = "member@initech.test"
+    ctx = AppContext.from_settings(
+        Settings(database_url=import_stack.database_url, secret_key=SECRET_KEY)
+    )
+    try:
+        async with ctx.db.session() as session:
+            user = await service.get_or_create_user(session, email, PASSWORD)
+            await service.ensure_member(session, user, org.org_id, "member")
+            await session.commit()
+    finally:
+        await ctx.close()
+
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(f"{import_stack.app_url}/login?next=/settings")
+    await page.fill("#email", email)
+    await page.fill("#password", PASSWORD)
+    await page.click("#login-form button[type=submit]")
+    await expect(page).to_have_url(f"{import_stack.app_url}/settings")
+    section = page.locator("#history-import")
+    await expect(section.locator("#import-owner-only")).to_be_visible()
+    await expect(section.locator("#import-start")).to_have_count(0)
+    await expect(section.locator("#import-since")).to_have_count(0)
+    await context.close()
