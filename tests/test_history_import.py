@@ -330,6 +330,17 @@ async def test_owner_only_and_imports_are_private_and_input_is_checked(
         assert response.status_code == 422, (bad, response.text)
         assert response.json()["error"]["code"] == code
     assert await stack.count(MessageImport) == 0
+    async with httpx.AsyncClient(timeout=30) as http:
+        garbled = await http.post(
+            stack.url + "/api/twilio/sync-messages",
+            content=b"{not json",
+            headers={
+                "Authorization": f"Bearer {stack.org.api_token}",
+                "Content-Type": "application/json",
+            },
+        )
+    assert garbled.status_code == 422
+    assert await stack.count(MessageImport) == 0
 
     run = await start_import(stack, {"since": "2026-01-01"})
     other = await stack.add_org("Other", ["+14155550177"])
@@ -341,3 +352,17 @@ async def test_owner_only_and_imports_are_private_and_input_is_checked(
     assert seen.status_code == 200  # members may follow an import, not start one
     listed = (await stack.get("/api/twilio/imports?kind=history")).json()["items"]
     assert [item["id"] for item in listed] == [run["id"]]
+    assert (await stack.get("/api/twilio/imports?kind=other")).status_code == 422
+
+
+async def test_a_request_without_a_body_imports_everything(flow: tuple[Stack, Sim]) -> None:
+    stack, sim = flow
+    await traffic(sim, stack.org, 3)
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            stack.url + "/api/twilio/sync-messages",
+            headers={"Authorization": f"Bearer {stack.org.api_token}"},
+        )
+    assert response.status_code == 202, response.text
+    done = await until_done(stack, response.json()["id"])
+    assert (done["since"], done["imported"]) == (None, 3)
