@@ -1,6 +1,7 @@
 """A real `loquent serve` killed with SIGKILL in the middle of a history import: started
 again, the worker takes the run over once its lease runs out and resumes at the page after
-the last one committed, ending with exactly the counts of an uninterrupted run."""
+the last one committed, ending with exactly the counts of an uninterrupted run (SQLite
+file and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from loquent.simulator.server import ServerThread, simulator_thread
 from tests.support.servers import free_port
@@ -31,16 +34,18 @@ def sim_server() -> Iterator[ServerThread]:
     server.stop()
 
 
-async def _query(db_path: Path, sql: str) -> list[Any]:
-    import aiosqlite
+async def _query(url: str, sql: str) -> list[Any]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in (await conn.execute(text(sql))).all()]
+    finally:
+        await engine.dispose()
 
-    async with aiosqlite.connect(db_path) as conn:
-        return list(await conn.execute_fetchall(sql))
 
-
-async def _run_row(db_path: Path) -> dict[str, Any]:
+async def _run_row(db_url: str) -> dict[str, Any]:
     rows = await _query(
-        db_path, "SELECT state, pages, imported, skipped, next_page_uri FROM message_import"
+        db_url, "SELECT state, pages, imported, skipped, next_page_uri FROM message_import"
     )
     assert len(rows) == 1
     state, pages, imported, skipped, cursor = rows[0]
@@ -48,16 +53,15 @@ async def _run_row(db_path: Path) -> dict[str, Any]:
 
 
 async def test_killed_mid_import_resumes_after_restart_with_the_same_counts(
-    tmp_path: Path, sim_server: ServerThread
+    tmp_path: Path, sim_server: ServerThread, database_url: str
 ) -> None:
     sim = Sim(sim_server.url)
-    db_path = tmp_path / "import.db"
     port = free_port()
     account = "AC" + secrets.token_hex(16)
     auth_token = "tok" + secrets.token_hex(16)
     env = {
         **os.environ,
-        "LOQUENT_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "LOQUENT_DATABASE_URL": database_url,
         "LOQUENT_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "LOQUENT_SECRET_KEY": "import-crash-key",
         "LOQUENT_TWILIO_API_BASE": sim_server.url,
@@ -107,33 +111,33 @@ async def test_killed_mid_import_resumes_after_restart_with_the_same_counts(
             )
         assert response.status_code == 202, response.text
         for _ in range(600):
-            if (await _run_row(db_path))["pages"] >= 5:
+            if (await _run_row(database_url))["pages"] >= 5:
                 break
             await asyncio.sleep(0.05)
         await asyncio.to_thread(app.kill)
-        at_kill = await _run_row(db_path)
+        at_kill = await _run_row(database_url)
         assert at_kill["state"] == "running" and 5 <= at_kill["pages"] < 20
         # What the database holds matches the cursor: every committed page, nothing more.
-        [[messages]] = await _query(db_path, "SELECT count(*) FROM message")
+        [[messages]] = await _query(database_url, "SELECT count(*) FROM message")
         assert messages == at_kill["imported"] == at_kill["pages"] * 1000
 
         await sim.call("DELETE", "/faults")
         await asyncio.to_thread(app.start)
         for _ in range(600):
-            if (await _run_row(db_path))["state"] != "running":
+            if (await _run_row(database_url))["state"] != "running":
                 break
             await asyncio.sleep(0.1)
-        done = await _run_row(db_path)
+        done = await _run_row(database_url)
     finally:
         await asyncio.to_thread(app.stop)
 
     assert done == {"state": "finished", "pages": 20, "imported": TOTAL, "skipped": 0, "c": None}
     [[messages, distinct]] = await _query(
-        db_path, "SELECT count(*), count(DISTINCT external_id) FROM message"
+        database_url, "SELECT count(*), count(DISTINCT external_id) FROM message"
     )
     assert messages == distinct == TOTAL
     progress = await _query(
-        db_path, "SELECT count(*) FROM event_log WHERE type = 'twilio.import.progress'"
+        database_url, "SELECT count(*) FROM event_log WHERE type = 'twilio.import.progress'"
     )
     assert progress == [(20,)]  # each page committed exactly once, across the crash
     # The resumed run started at the page after the last committed one.
