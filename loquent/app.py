@@ -25,6 +25,7 @@ from loquent.readiness import readiness
 from loquent.realtime.api import router as realtime_router
 from loquent.twilio.api import router as twilio_account_router
 from loquent.twilio.events_api import router as twilio_events_router
+from loquent.twilio.history_api import router as twilio_history_router
 from loquent.twilio.webhooks_api import router as twilio_webhooks_router
 from loquent.web.pages import install_web, storage_outage_page
 
@@ -39,17 +40,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await ctx.start()
         PROCESS_STARTED.set_to_current_time()
         worker = None
+        sync = None
         if settings.run_worker:
             from loquent.jobs.worker import Worker
+            from loquent.twilio.catchup import SyncRunner
 
             worker = Worker(
                 db=ctx.db, notifier=ctx.notifier, settings=settings, box=ctx.box, http=ctx.http
             )
             await worker.start()
+            # History imports and catch-up after downtime run beside enrichment.
+            sync = SyncRunner(
+                db=ctx.db, notifier=ctx.notifier, settings=settings, box=ctx.box, http=ctx.http
+            )
+            await sync.start()
         app.state.worker = worker
         try:
             yield
         finally:
+            if sync is not None:
+                await sync.stop()
             if worker is not None:
                 await worker.stop()
             await app.state.login_throttle.aclose()
@@ -72,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(realtime_router)
     app.include_router(settings_router)
     app.include_router(twilio_account_router)
+    app.include_router(twilio_history_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Any:

@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     # costs a lease, not a backoff). Far above what the deadline allows at the cap.
     enrich_max_attempts: int = 1000
 
+    # History import and catch-up after downtime (loquent.twilio.history / catchup)
+    catchup_interval_seconds: float = 900.0  # 0 disables catch-up (also the one at start)
+    catchup_overlap_seconds: float = 3600.0  # re-list this much before the last known point
+    import_page_size: int = 1000  # Twilio's maximum PageSize for Messages.json
+    import_max_attempts: int = 5  # per page, on 429/5xx/timeouts, before the run fails
+    import_backoff_base_seconds: float = 1.0
+    import_backoff_max_seconds: float = 20.0
+    import_lease_seconds: float = 120.0  # a run whose process died is resumed after this
+    import_concurrency: int = 2  # import/catch-up runs at once per worker process
+
     # Realtime
     sse_ping_seconds: float = 15.0
     sse_poll_seconds: float = 5.0  # re-check even without a wake-up

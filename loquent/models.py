@@ -4,6 +4,7 @@ from loquent.contacts.models import Contact, ContactPhone
 from loquent.messaging.models import Message, MessageMedia
 from loquent.orgs.models import ApiToken, Member, Organization, PhoneNumber, User, UserSession
 from loquent.realtime.models import EventLogEntry
+from loquent.twilio.import_models import MessageImport
 
 __all__ = [
     "ApiToken",
@@ -12,6 +13,7 @@ __all__ = [
     "EventLogEntry",
     "Member",
     "Message",
+    "MessageImport",
     "MessageMedia",
     "Organization",
     "PhoneNumber",

@@ -38,6 +38,7 @@ from loquent.orgs import service as orgs
 from loquent.orgs.crypto import SecretBox
 from loquent.realtime import log as event_log
 from loquent.realtime.notifier import JOBS_TOPIC, Notifier, build_notifier
+from loquent.twilio.catchup import SyncRunner
 from loquent.twilio.client import build_http_client
 
 log = structlog.get_logger(__name__)
@@ -336,9 +337,8 @@ async def run_forever(settings: Settings | None = None) -> None:
     db = Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     notifier = build_notifier(settings.redis_url)
     await notifier.start()
-    worker = Worker(
-        db=db, notifier=notifier, settings=settings, box=SecretBox(settings.secret_keys)
-    )
+    box = SecretBox(settings.secret_keys)
+    worker = Worker(db=db, notifier=notifier, settings=settings, box=box)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -346,12 +346,18 @@ async def run_forever(settings: Settings | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
+    # History imports and catch-up after downtime: their own loop, beside enrichment.
+    sync_http = build_http_client(timeout=settings.twilio_timeout_seconds)
+    sync = SyncRunner(db=db, notifier=notifier, settings=settings, box=box, http=sync_http)
     try:
         await worker.start()
+        await sync.start()
         await stop.wait()
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+        await sync.stop()
+        await sync_http.aclose()
         await worker.stop()
         await notifier.stop()
         await db.dispose()

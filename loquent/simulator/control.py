@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import secrets
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -28,7 +29,7 @@ from loquent.simulator.delivery import (
 )
 from loquent.simulator.events import MESSAGE_EVENT_TYPES, SCHEMA_VERSIONS, STATUS_EVENT_TYPES
 from loquent.simulator.representations import message_json
-from loquent.simulator.state import STATUS_RANK, Account, Message, SigningKey
+from loquent.simulator.state import STATUS_RANK, Account, Message, SigningKey, utcnow
 
 router = APIRouter(prefix="/_sim", tags=["simulator control"])
 
@@ -168,6 +169,23 @@ class SeedMessagesIn(ControlModel):
     messages: list[SeedMessage] = Field(min_length=1, max_length=100_000)
 
 
+class TrafficIn(ControlModel):
+    """Many messages at once, sent "while the app was down": stored, never delivered."""
+
+    count: int = Field(ge=1, le=200_000)
+    lines: list[str] | None = Field(
+        None, description="the account's numbers that send/receive (default: all of them)"
+    )
+    inbound_share: float = Field(0.5, ge=0, le=1, description="share of inbound texts")
+    counterparts: int = Field(100, ge=1, le=100_000, description="distinct other numbers")
+    counterpart_prefix: str = Field("+1628", pattern=r"^\+[1-9]\d{0,6}$")
+    start: datetime | None = Field(None, description="the oldest message's time (default: now)")
+    spacing_ms: int = Field(1000, ge=0, le=86_400_000, description="time between messages")
+    body_prefix: str = Field("Message", max_length=100)
+    media_every: int = Field(0, ge=0, description="every Nth message is an MMS (0: none)")
+    return_sids: bool = False
+
+
 class MessageEventsIn(DeliveryControls):
     statuses: list[str] = Field(min_length=1)
     error_code: int | None = None
@@ -202,6 +220,7 @@ class FaultIn(ControlModel):
     path_regex: str
     status: int | None = Field(None, ge=400, le=599)
     count: int | None = Field(None, ge=0, description="null: fault every matching request")
+    after: int = Field(0, ge=0, description="let this many matching requests pass first")
     retry_after: float | None = Field(None, ge=0)
     delay_ms: int | None = Field(None, ge=0, le=120_000)
     set_cookie: str | None = Field(
@@ -541,6 +560,51 @@ async def seed_messages(account_sid: str, payload: SeedMessagesIn, request: Requ
     return {"sids": sids}
 
 
+@router.post("/accounts/{account_sid}/traffic", status_code=201)
+async def traffic(account_sid: str, payload: TrafficIn, request: Request) -> dict[str, Any]:
+    """Console sends and inbound texts in bulk without any webhook: what happens on the
+    account while the app is down. Outbound from a line to a counterpart (delivered),
+    inbound from a counterpart to a line (received), oldest first, ``spacing_ms`` apart."""
+    sim = simulator(request)
+    account = _account(sim, account_sid)
+    lines = payload.lines or [n.phone_number for n in sim.store.numbers_for(account.sid)]
+    if not lines:
+        raise HTTPException(400, "the account has no numbers: add one or pass lines")
+    start = payload.start or utcnow()
+    share = payload.inbound_share
+    # Counterparts are 11-digit numbers (NANP with the default prefix): prefix + zero-padded i.
+    width = max(1, 11 - (len(payload.counterpart_prefix) - 1))
+    sids: list[str] = []
+    for i in range(payload.count):
+        line = lines[i % len(lines)]
+        other = payload.counterpart_prefix + str(i % payload.counterparts).zfill(width)
+        # Spread evenly: exactly round-down(count × share) inbound texts, interleaved.
+        inbound = math.floor((i + 1) * share) > math.floor(i * share)
+        media = (
+            ["https://media.example/cat.jpg"]
+            if (payload.media_every and i % payload.media_every == payload.media_every - 1)
+            else []
+        )
+        message = sim.create_message(
+            account,
+            from_=other if inbound else line,
+            to=line if inbound else other,
+            body=f"{payload.body_prefix} {i}",
+            direction="inbound" if inbound else "outbound-api",
+            status="received" if inbound else "delivered",
+            media_urls=media,
+            date_created=start + timedelta(milliseconds=i * payload.spacing_ms),
+        )
+        sids.append(message.sid)
+    last = start + timedelta(milliseconds=(payload.count - 1) * payload.spacing_ms)
+    return {
+        "created": payload.count,
+        "oldest": start.isoformat(),
+        "newest": last.isoformat(),
+        "sids": sids if payload.return_sids else None,
+    }
+
+
 def _message(sim: Simulator, account: Account, message_sid: str) -> Message:
     message = sim.store.messages.get(message_sid)
     if message is None or message.account_sid != account.sid:
@@ -645,6 +709,7 @@ async def add_fault(payload: FaultIn, request: Request) -> dict[str, Any]:
         method=payload.method,
         status=payload.status,
         count=payload.count,
+        after=payload.after,
         retry_after=payload.retry_after,
         delay_ms=payload.delay_ms,
         set_cookie=payload.set_cookie,

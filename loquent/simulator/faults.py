@@ -28,7 +28,9 @@ class FaultRule:
     retry_after: float | None = None
     delay_ms: int | None = None
     set_cookie: str | None = None  # a Set-Cookie header value added to the answer
+    after: int = 0  # matching requests let through before the rule starts to apply
     hits: int = 0
+    passed: int = 0
     _pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +67,8 @@ class FaultRule:
             "retry_after": self.retry_after,
             "delay_ms": self.delay_ms,
             "set_cookie": self.set_cookie,
+            "after": self.after,
+            "passed": self.passed,
             "hits": self.hits,
             "remaining": self.remaining,
         }
@@ -87,6 +91,7 @@ class FaultBook:
         retry_after: float | None = None,
         delay_ms: int | None = None,
         set_cookie: str | None = None,
+        after: int = 0,
     ) -> FaultRule:
         rule = FaultRule(
             id=next(self._ids),
@@ -97,6 +102,7 @@ class FaultBook:
             retry_after=retry_after,
             delay_ms=delay_ms,
             set_cookie=set_cookie,
+            after=after,
         )
         self._rules.append(rule)
         return rule
@@ -105,6 +111,9 @@ class FaultBook:
         """The rule that applies to this request, if any, counting the hit."""
         for rule in self._rules:
             if rule.matches(method, path):
+                if rule.passed < rule.after:
+                    rule.passed += 1
+                    continue
                 rule.hits += 1
                 return rule
         return None

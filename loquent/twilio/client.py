@@ -295,6 +295,35 @@ class TwilioClient:
         async for item in self._iter_pages(self._account_path("Messages.json"), "messages", params):
             yield item
 
+    async def messages_page(
+        self,
+        next_page_uri: str | None = None,
+        *,
+        page_size: int = MAX_PAGE_SIZE,
+        date_sent_after: date | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ``Messages.json`` (newest first) and its ``next_page_uri``.
+
+        Without ``next_page_uri`` the first page, filtered with ``DateSent>`` (on or after
+        that day, UTC); with it, exactly that page — it carries every parameter, page token
+        included — so a caller that stored it can resume paging later, in another process.
+        """
+        if next_page_uri is None:
+            params: dict[str, str | int] = {"PageSize": max(1, min(page_size, MAX_PAGE_SIZE))}
+            if date_sent_after is not None:
+                params["DateSent>"] = date_sent_after.isoformat()
+            page = await self._get_json(self._account_path("Messages.json"), params)
+        else:
+            page = await self._get_json(next_page_uri)
+        items = page.get("messages") or []
+        if not isinstance(items, list):
+            raise TwilioError("unexpected page shape: 'messages' is not a list")
+        next_uri = page.get("next_page_uri")
+        return (
+            [item for item in items if isinstance(item, dict)],
+            next_uri if isinstance(next_uri, str) and next_uri else None,
+        )
+
     async def list_incoming_numbers(self) -> list[dict[str, Any]]:
         path = self._account_path("IncomingPhoneNumbers.json")
         params = {"PageSize": MAX_PAGE_SIZE}

@@ -4,6 +4,8 @@
 //   messaging.message.new     → re-fetch the contact list (coalesced), append to the open feed
 //   messaging.message.status  → patch the message in place (body arrives, status changes)
 //   resync                    → events were missed: re-fetch the list and the feed
+//   twilio.catchup.finished   → messages missed while the app was down were recorded
+//   twilio.import.finished      (or a history import ended): re-fetch the list and the feed
 //
 // Every message goes through upsertMessage(), which ignores a copy older than the one shown
 // (by updated_at), so a fetch and an event racing each other cannot roll a message back.
@@ -21,6 +23,8 @@ import { api } from "./api.js";
 const EVT_NEW = "messaging.message.new";
 const EVT_STATUS = "messaging.message.status";
 const EVT_RESYNC = "resync";
+// One event per catch-up or import run, never one per recorded message.
+const EVT_BULK_RECORDED = ["twilio.catchup.finished", "twilio.import.finished"];
 
 const PAGE_SIZE = 50;
 const MAX_PAGE = 200;
@@ -755,6 +759,7 @@ function connect() {
   source.addEventListener(EVT_NEW, onLiveEvent);
   source.addEventListener(EVT_STATUS, onLiveEvent);
   source.addEventListener(EVT_RESYNC, onResync);
+  for (const name of EVT_BULK_RECORDED) source.addEventListener(name, onResync);
 }
 
 function reconnectLater() {
