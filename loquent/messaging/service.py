@@ -370,8 +370,14 @@ async def count_bodies(session: AsyncSession, org_id: int) -> BodyCounts:
     )
 
 
-async def requeue_failed_bodies(session: AsyncSession, org_id: int) -> int:
+async def requeue_failed_bodies(
+    session: AsyncSession, org_id: int, *, transient_only: bool = False
+) -> int:
     """Put every ``failed`` body of the organization back to ``pending``; returns how many.
+
+    ``transient_only`` leaves out bodies Twilio answered 404 for (the periodic catch-up uses
+    it: a message Twilio no longer has will not come back, and would be re-asked for every
+    interval forever).
 
     Each starts over: attempts and 404s reset, due at once, and a fresh retry deadline (its
     clock starts at the next claim). For whoever learns that fetching may work again: the
@@ -381,9 +387,12 @@ async def requeue_failed_bodies(session: AsyncSession, org_id: int) -> int:
     when its body arrives (or fails again).
     """
     now = utcnow()
+    failed = [Message.organization_id == org_id, Message.body_state == BodyState.FAILED]
+    if transient_only:
+        failed.append(Message.body_not_found == 0)
     result = await session.execute(
         update(Message)
-        .where(Message.organization_id == org_id, Message.body_state == BodyState.FAILED)
+        .where(*failed)
         .values(
             body_state=BodyState.PENDING,
             body_attempts=0,

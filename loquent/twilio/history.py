@@ -43,6 +43,7 @@ from loquent.contacts import service as contacts
 from loquent.contacts.phones import try_normalize
 from loquent.db import Database, utcnow
 from loquent.jobs.backoff import backoff_delay, retry_after_delay
+from loquent.messaging import service as messaging
 from loquent.messaging.models import Message
 from loquent.messaging.statuses import STATUSES
 from loquent.orgs import service as orgs
@@ -716,6 +717,12 @@ async def _finish(
                     twilio_credentials_error=error,
                     twilio_credentials_checked_at=now,
                 )
+            )
+        if run.kind == ImportKind.CATCHUP and run.state == ImportState.FINISHED:
+            # Twilio just answered a whole listing: bodies that failed in an earlier outage
+            # get another try.
+            await messaging.requeue_failed_bodies(
+                session, claim.organization_id, transient_only=True
             )
         await session.flush()
         payload = import_json(run)
