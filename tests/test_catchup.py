@@ -159,3 +159,72 @@ async def test_one_catchup_per_org_at_a_time_across_processes(database_url: str)
         finally:
             await first.dispose()
             await second.dispose()
+
+
+async def test_a_finished_catchup_requeues_bodies_that_failed_in_an_outage(
+    database_url: str,
+) -> None:
+    """Failed bodies get another try once Twilio answers again; those Twilio answered 404
+    for stay failed (they would be re-asked every interval forever)."""
+    import httpx
+
+    from loquent.orgs.crypto import SecretBox
+    from loquent.realtime.notifier import build_notifier
+    from loquent.twilio.history import SyncContext, run_import
+
+    sim_server = await asyncio.to_thread(simulator_thread().start)
+    sim = Sim(sim_server.url)
+    try:
+        async with running_stack(
+            database_url,
+            twilio_api_base=sim_server.url,
+            twilio_events_api_base=sim_server.url,
+            catchup_interval_seconds=0,
+        ) as stack:
+            org = stack.org
+            await connect_sim(sim, stack, org)
+            async with stack.db.session() as session:
+                contact = Contact(
+                    organization_id=org.id, first_name="", last_name="", source="manual"
+                )
+                session.add(contact)
+                await session.flush()
+                for sid, not_found in (("SM" + "1" * 32, 0), ("SM" + "2" * 32, 4)):
+                    session.add(
+                        Message(
+                            organization_id=org.id,
+                            contact_id=contact.id,
+                            direction="outbound",
+                            from_address=org.lines[0],
+                            to_address="+14155550142",
+                            status="sent",
+                            external_id=sid,
+                            body_state="failed",
+                            body_not_found=not_found,
+                            created_at=utcnow() - timedelta(hours=6),
+                        )
+                    )
+                await session.commit()
+            made = await schedule_catchups(
+                stack.db, now=utcnow(), overlap_seconds=3600, min_gap_seconds=0
+            )
+            assert made == 1
+            async with stack.db.session() as session:
+                [claim] = await claim_runs(session, now=utcnow(), lease_seconds=60, limit=5)
+                await session.commit()
+            async with httpx.AsyncClient() as http:
+                ctx = SyncContext(
+                    db=stack.db,
+                    notifier=build_notifier(None),
+                    settings=stack.settings,
+                    box=SecretBox(stack.settings.secret_keys),
+                    http=http,
+                )
+                await run_import(ctx, claim)
+            states = {
+                m.external_id: m.body_state
+                for m in await stack.rows(Message, Message.organization_id == org.id)
+            }
+            assert states == {"SM" + "1" * 32: "pending", "SM" + "2" * 32: "failed"}
+    finally:
+        await asyncio.to_thread(sim_server.stop)

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from loquent.jobs.queue import claim_due_bodies
+from loquent.messaging.body_queue import claim_due_bodies
 from loquent.logging import configure_logging
 from loquent.orgs import service as orgs
 from loquent.orgs.crypto import SecretBox
@@ -294,6 +294,20 @@ async def test_paused_enrichment_is_claimable_after_reconnecting(app: Stack, sim
                 body_next_attempt_at=utcnow() - timedelta(seconds=1),
             )
         )
+        failed_sid = "SM" + secrets.token_hex(16)
+        session.add(  # failed while the old token was refused
+            Message(
+                organization_id=tenant.org_id,
+                contact_id=contact.id,
+                direction="outbound",
+                from_address="+14155550100",
+                to_address="+14155550123",
+                status="sent",
+                external_id=failed_sid,
+                body_state="failed",
+                body_error="Twilio refused the credentials",
+            )
+        )
         await orgs.mark_credentials_invalid(session, tenant.org_id, "Authenticate")
         await session.commit()
 
@@ -310,7 +324,12 @@ async def test_paused_enrichment_is_claimable_after_reconnecting(app: Stack, sim
         app, "POST", "/api/twilio/connect", tenant.owner, {"account_sid": sid, "auth_token": token}
     )
     assert response.status_code == 200
-    assert await claimable() == 1
+    assert await claimable() == 2  # the paused body, and the failed one requeued
+    async with app.db.reader() as session:
+        requeued = (
+            await session.execute(select(Message).where(Message.external_id == failed_sid))
+        ).scalar_one()
+    assert requeued.body_state == "pending" and requeued.body_error is None
 
 
 # --- numbers --------------------------------------------------------------------------------
