@@ -186,6 +186,11 @@ _write_deadline: ContextVar[float | None] = ContextVar("loquent_write_deadline",
 # A write transaction waits at most this long in total for the in-process writer queue and
 # SQLite's file lock, so a webhook gets its 503 well inside Twilio's 5 s.
 DEFAULT_WRITE_WAIT_MS = 2_500
+# Once a write found the database busy, writers in the next second only probe briefly: while
+# another process holds the file, every request answers 503 at once instead of each using up
+# the whole budget; when the file is free again the probe succeeds and nothing is refused.
+BUSY_PROBE_SECONDS = 0.25
+BUSY_MEMORY_SECONDS = 1.0
 
 
 def _sqlite_engine(url: str, *, immediate: bool, busy_timeout_ms: int) -> AsyncEngine:
@@ -244,6 +249,7 @@ class Database:
             )
             self.read_engine = self.engine
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._busy_until = 0.0  # time.monotonic() until which the file is presumed busy
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._readers = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -266,16 +272,24 @@ class Database:
             async with self._sessions() as session:
                 yield session
             return
-        deadline = time.monotonic() + self.write_wait_seconds
+        now = time.monotonic()
+        budget = self.write_wait_seconds
+        if now < self._busy_until:
+            budget = min(budget, BUSY_PROBE_SECONDS)
         try:
-            async with asyncio.timeout(self.write_wait_seconds):
+            async with asyncio.timeout(budget):
                 await self._write_lock.acquire()
         except TimeoutError:
+            self._busy_until = time.monotonic() + BUSY_MEMORY_SECONDS
             raise StorageUnavailable("timed out waiting for the database write lock") from None
-        token = _write_deadline.set(deadline)
+        token = _write_deadline.set(now + budget)
         try:
             async with self._sessions() as session:
                 yield session
+        except Exception as exc:
+            if is_storage_outage(exc):
+                self._busy_until = time.monotonic() + BUSY_MEMORY_SECONDS
+            raise
         finally:
             _write_deadline.reset(token)
             self._write_lock.release()

@@ -3,6 +3,7 @@ over URL + sorted params, feeding the same service as Event Streams."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlencode
 
 import httpx
@@ -13,7 +14,9 @@ from loquent.contacts.models import Contact
 from loquent.messaging.models import Message
 from loquent.orgs.models import PhoneNumber
 from loquent.realtime.models import EventLogEntry
-from tests.conftest import Stack
+from loquent.simulator.server import simulator_thread
+from tests.conftest import Stack, running_stack
+from tests.support.sim import Sim
 from tests.support.twilio import new_sid
 
 LINE = "+14155550100"
@@ -216,3 +219,54 @@ async def test_an_oversized_form_is_413(stack: Stack) -> None:
     response = await post_form(stack, "/twilio/sms", params)
     assert response.status_code == 413
     assert await stack.count(Message) == 0
+
+
+async def test_simulator_status_callbacks_capture_a_message_sent_elsewhere(
+    database_url: str,
+) -> None:
+    """Another platform sends through Twilio with its StatusCallback pointing here; no Event
+    Streams sink exists. The simulator posts signed form callbacks (queued, sent, delivered),
+    the message is captured, and the worker fetches its body."""
+    sim_server = await asyncio.to_thread(simulator_thread().start)
+    sim = Sim(sim_server.url)
+    try:
+        async with running_stack(
+            database_url,
+            run_worker=True,
+            twilio_api_base=sim_server.url,
+            twilio_events_api_base=sim_server.url,
+        ) as stack:
+            account, token = stack.org.account_sid, stack.org.auth_token
+            await sim.call("POST", "/accounts", {"sid": account, "auth_token": token})
+            await sim.call("POST", f"/accounts/{account}/numbers", {"phone_number": LINE})
+            async with httpx.AsyncClient(timeout=30, auth=(account, token)) as http:
+                created = await http.post(
+                    f"{sim_server.url}/2010-04-01/Accounts/{account}/Messages.json",
+                    data={
+                        "From": LINE,
+                        "To": CUSTOMER,
+                        "Body": "Sent from another CRM",
+                        "StatusCallback": f"{stack.url}/twilio/status",
+                    },
+                )
+            assert created.status_code == 201, created.text
+            sid = created.json()["sid"]
+
+            async def settled() -> Message | None:
+                rows = await stack.rows(Message, Message.external_id == sid)
+                done = rows and rows[0].status == "delivered" and rows[0].body_state == "ready"
+                return rows[0] if done else None
+
+            deadline = asyncio.get_running_loop().time() + 20
+            while (found := await settled()) is None:
+                assert asyncio.get_running_loop().time() < deadline, "not captured in time"
+                await asyncio.sleep(0.1)
+            assert (found.source, found.direction, found.body) == (
+                "external",
+                "outbound",
+                "Sent from another CRM",
+            )
+            news = await stack.count(EventLogEntry, EventLogEntry.type == "messaging.message.new")
+            assert news == 1
+    finally:
+        await asyncio.to_thread(sim_server.stop)

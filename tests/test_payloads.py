@@ -98,3 +98,49 @@ def test_status_order_never_regresses() -> None:
     assert not should_advance("failed", "delivered")  # terminal answers are final
     assert not should_advance("read", "delivered")
     assert not should_advance("sent", "bogus")
+
+
+hostile_text = st.text(
+    alphabet=st.characters(codec=None, categories=None, exclude_characters=()), max_size=40
+) | st.sampled_from(["x\ud83d", "\x00", "+1415555\udc00", "SM" + "b" * 32 + "\n", "9" * 30])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["messageSid", "from", "to", "body", "errorCode", "numMedia", "timestamp"]),
+        hostile_text | json_values,
+    ),
+    st.booleans(),
+)
+def test_what_parses_fits_the_columns(fields: dict, inbound: bool) -> None:
+    """Whatever the parser accepts can be stored on PostgreSQL: within the column lengths,
+    no NUL, no lone surrogate (it must encode as UTF-8)."""
+    from loquent.messaging import schemas
+    from loquent.messaging.service import normalize_address
+
+    event = _valid_event()
+    if inbound:
+        event["type"] = "com.twilio.messaging.inbound-message.received"
+    event["data"].update(fields)
+    try:
+        [parsed] = parse_delivery(json.dumps([event]).encode())
+        data = message_data(parsed)
+    except PayloadError:
+        return
+    assert len(data.message_sid) <= schemas.MESSAGE_SID_MAX
+    limit_to = schemas.LINE_NUMBER_MAX if inbound else schemas.ADDRESS_MAX
+    assert len(normalize_address(data.to_address)) <= limit_to
+    assert len(normalize_address(data.from_address)) <= schemas.ADDRESS_MAX
+    assert data.error_code is None or len(data.error_code) <= schemas.ERROR_CODE_MAX
+    for text in (
+        data.message_sid,
+        data.from_address,
+        data.to_address,
+        data.body or "",
+        data.error_code or "",
+    ):
+        assert "\x00" not in text
+        text.encode("utf-8")
+    if data.occurred_at is not None:
+        assert 1970 <= data.occurred_at.year <= 9998

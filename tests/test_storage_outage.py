@@ -136,12 +136,22 @@ async def test_concurrent_webhooks_get_503_well_inside_twilios_5_s(sqlite_url: s
             response = await stack.post_events([event], client=http)
             return response.status_code, time.monotonic() - started
 
+        warm = await stack.post_events(events[:1])  # connections open, org lookup warm
+        assert warm.status_code == 200
         with write_lock_held_elsewhere(sqlite_url):
             async with httpx.AsyncClient(timeout=60) as http:
                 answers = await asyncio.gather(*[timed(e, http) for e in events])
         assert [code for code, _ in answers] == [503] * 6, answers
+        # the budget is 2.5 s from the first write; the rest is this shared machine's load
         assert max(seconds for _, seconds in answers) < 4.0, answers
-        assert await stack.count(Message) == 0
+        assert await stack.count(Message) == 1
+        with write_lock_held_elsewhere(sqlite_url):
+            # the database is known to be busy: later requests only probe, briefly
+            async with httpx.AsyncClient(timeout=60) as http:
+                first = await timed(events[1], http)
+                code, seconds = await timed(events[1], http)
+        assert first[0] == code == 503
+        assert seconds < 2.0, (first, seconds)
         retried = await stack.post_events(events)  # Twilio's retry, once the writer is gone
         assert retried.status_code == 200
         assert await stack.count(Message) == 6
@@ -341,3 +351,53 @@ class PrivateCluster:
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.directory.parent, ignore_errors=True)
+
+
+@pytest.mark.postgres
+async def test_a_backend_terminated_mid_transaction_answers_503(database_url: str) -> None:
+    """SQLSTATE 57P01 (administrator command) on the app's own connection, mid-request: the
+    request waits on a row lock, its backend is terminated, Twilio must be told to retry."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL matter")
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    async with running_stack(database_url) as stack:
+        sid = new_sid("SM")
+
+        def event(status: str) -> dict:
+            return status_event(
+                status,
+                sid=sid,
+                account=stack.org.account_sid,
+                from_="+14155550100",
+                to="+14155550199",
+            )
+
+        assert (await stack.post_events([event("sent")])).status_code == 200
+        admin = await asyncpg.connect(dsn)
+        try:
+            locker = admin.transaction()
+            await locker.start()
+            await admin.execute("SELECT id FROM message WHERE external_id = $1 FOR UPDATE", sid)
+            pending = asyncio.create_task(stack.post_events([event("delivered")]))
+            victim = None
+            for _ in range(200):
+                victim = await admin.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+                if victim is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert victim is not None, "the request never waited on the row lock"
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", victim)
+            response = await pending
+            await locker.rollback()
+        finally:
+            await admin.close()
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "storage_unavailable"
+        assert response.headers["retry-after"]
+        retried = await stack.post_events([event("delivered")])
+        assert retried.status_code == 200, retried.text
+        [message] = await stack.rows(Message)
+        assert message.status == "delivered"
