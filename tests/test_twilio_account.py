@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from loquent.messaging.body_queue import claim_due_bodies
 from loquent.logging import configure_logging
+from loquent.messaging.body_queue import claim_due_bodies
 from loquent.orgs import service as orgs
 from loquent.orgs.crypto import SecretBox
 from loquent.orgs.models import Organization, PhoneNumber
