@@ -117,6 +117,7 @@ async def traffic(sim: Sim, org: Org, count: int, **fields: Any) -> dict[str, An
 # --- the big one -----------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(300)  # 20,000 messages
 async def test_import_of_20000_messages_over_20_pages(
     flow: tuple[Stack, Sim], capsys: pytest.CaptureFixture[str]
 ) -> None:
