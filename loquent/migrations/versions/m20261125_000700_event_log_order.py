@@ -1,5 +1,11 @@
 """Event-log order for readers without serializing writers.
 
+No schema change: on PostgreSQL an event's id now carries its writer's transaction id
+(``pg_current_xact_id() << 16`` plus a count within the transaction, see
+loquent/realtime/log.py) and readers stop below the snapshot's xmin. Ids written before this
+revision came from the sequence and are far below any such id, so existing cursors stay
+valid and order is kept. SQLite keeps its AUTOINCREMENT ids.
+
 Revision ID: m20261125_000700
 Revises: m20261125_000600
 Create Date: 2026-11-25 00:00:00
@@ -17,7 +23,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    pass  # ids are computed by the writer; the column and its indexes are unchanged
 
 
 def downgrade() -> None:
