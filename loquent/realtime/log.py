@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     ColumnElement,
     bindparam,
     delete,
@@ -62,8 +63,8 @@ _PG_APPEND = text(
 ).bindparams(bindparam("payload", type_=JSON()), bindparam("created_at", type_=UtcDateTime()))
 
 # Ids below this are final for the statement's snapshot (see the module docstring).
-_PG_HORIZON = literal_column(
-    f"(pg_snapshot_xmin(pg_current_snapshot())::text::bigint * {XACT_SLOTS})"
+_PG_HORIZON: ColumnElement[int] = literal_column(
+    f"(pg_snapshot_xmin(pg_current_snapshot())::text::bigint * {XACT_SLOTS})", BigInteger()
 )
 
 
