@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     sse_poll_seconds: float = 5.0  # re-check even without a wake-up
     sse_max_stream_seconds: float = 300.0
     sse_replay_limit: int = 1000
+    sse_backlog: int = 1000  # frames a stream may fall behind before it is dropped
     event_log_retention_hours: float = 24.0
 
     # Sessions

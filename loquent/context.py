@@ -10,6 +10,7 @@ from fastapi import Request
 from loquent.config import Settings
 from loquent.db import Database
 from loquent.orgs.crypto import SecretBox
+from loquent.realtime.fanout import Hub
 from loquent.realtime.notifier import Notifier, build_notifier
 
 
@@ -20,21 +21,31 @@ class AppContext:
     notifier: Notifier
     box: SecretBox
     http: httpx.AsyncClient
+    hub: Hub
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppContext:
+        db = Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+        notifier = build_notifier(settings.redis_url)
         return cls(
             settings=settings,
-            db=Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms),
-            notifier=build_notifier(settings.redis_url),
+            db=db,
+            notifier=notifier,
             box=SecretBox(settings.secret_keys),
             http=httpx.AsyncClient(timeout=settings.twilio_timeout_seconds, follow_redirects=False),
+            hub=Hub(
+                db,
+                notifier,
+                poll_seconds=settings.sse_poll_seconds,
+                backlog=settings.sse_backlog,
+            ),
         )
 
     async def start(self) -> None:
         await self.notifier.start()
 
     async def close(self) -> None:
+        await self.hub.close()
         await self.notifier.stop()
         await self.http.aclose()
         await self.db.dispose()

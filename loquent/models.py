@@ -3,13 +3,14 @@
 from loquent.contacts.models import Contact, ContactPhone
 from loquent.messaging.models import Message, MessageMedia
 from loquent.orgs.models import ApiToken, Member, Organization, PhoneNumber, User, UserSession
-from loquent.realtime.models import EventLogEntry
+from loquent.realtime.models import EventLogEntry, EventLogWatermark
 
 __all__ = [
     "ApiToken",
     "Contact",
     "ContactPhone",
     "EventLogEntry",
+    "EventLogWatermark",
     "Member",
     "Message",
     "MessageMedia",

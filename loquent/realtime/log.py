@@ -29,16 +29,18 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     bindparam,
+    case,
     delete,
     func,
     literal_column,
     select,
     text,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loquent.db import UtcDateTime, utcnow
-from loquent.realtime.models import EventLogEntry
+from loquent.realtime.models import EventLogEntry, EventLogWatermark
 from loquent.realtime.notifier import JOBS_TOPIC, Notifier, org_topic
 
 _PENDING_TOPICS = "loquent.pending_topics"
@@ -161,13 +163,31 @@ async def latest_id(session: AsyncSession, org_id: int) -> int:
 
 
 async def prune(session: AsyncSession, older_than: datetime) -> int:
-    """Drop old events, always keeping the newest row so ids never restart below it."""
+    """Drop old events, always keeping the newest row so ids never restart below it, and
+    raise the watermark past what was dropped (see ``pruned_through``)."""
     newest = (await session.execute(select(func.max(EventLogEntry.id)))).scalar()
     if newest is None:
         return 0
-    result = await session.execute(
-        delete(EventLogEntry).where(
-            EventLogEntry.created_at < older_than, EventLogEntry.id < newest
-        )
+    doomed = (EventLogEntry.created_at < older_than, EventLogEntry.id < newest)
+    through = (await session.execute(select(func.max(EventLogEntry.id)).where(*doomed))).scalar()
+    if through is None:
+        return 0
+    result = await session.execute(delete(EventLogEntry).where(*doomed))
+    # In SQL, so two pruners at once keep the larger mark.
+    column = EventLogWatermark.pruned_through
+    raised = await session.execute(
+        update(EventLogWatermark)
+        .where(EventLogWatermark.id == 1)
+        .values(pruned_through=case((column < through, through), else_=column))
     )
+    if not getattr(raised, "rowcount", 0):
+        session.add(EventLogWatermark(id=1, pruned_through=through))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def pruned_through(session: AsyncSession) -> int:
+    """The newest id pruning has removed: a client resuming below it may have lost events."""
+    result = await session.execute(
+        select(EventLogWatermark.pruned_through).where(EventLogWatermark.id == 1)
+    )
+    return int(result.scalar() or 0)
