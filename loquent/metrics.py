@@ -23,6 +23,7 @@ SSE_DROPPED = Counter(
 )
 EVENT_LOG_READS = Counter(
     "loquent_event_log_reads_total",
-    "Event-log reads for SSE: live (once per organization per wake-up) or replay (per stream)",
+    "Event-log reads for SSE: live (once per organization per wake-up), recheck (rows waited"
+    " for an older transaction) or replay (per stream joining with an old cursor)",
     ["kind"],
 )

@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 BATCH = 500
 _RETRY_SECONDS = 1.0
+_HELD_BACK_SECONDS = 0.01  # first re-read while rows wait for an older transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,24 +118,32 @@ class _OrgFeed:
     async def _run(self) -> None:
         with self.hub.notifier.listen(org_topic(self.org_id)) as wake:
             await self._start()
+            held_back = 0  # consecutive reads that found rows waiting for an older transaction
             while True:
                 wake.clear()
                 try:
                     async with self.hub.db.reader() as session:
-                        rows = await event_log.read_after(session, self.org_id, self.cursor, BATCH)
-                    EVENT_LOG_READS.labels("live").inc()
+                        batch = await event_log.read_batch(
+                            session, self.org_id, self.cursor, self.hub.read_limit
+                        )
+                    EVENT_LOG_READS.labels("recheck" if held_back else "live").inc()
                 except Exception as exc:  # a database hiccup: streams keep pinging, retry
                     log.warning("realtime.feed_read_failed", org_id=self.org_id, error=str(exc))
                     await asyncio.sleep(_RETRY_SECONDS)
                     continue
-                if rows:
-                    self.cursor = rows[-1].id
-                    self._offer([Frame.of(row) for row in rows])
-                if len(rows) == BATCH:
+                if batch.rows:
+                    self.cursor = batch.rows[-1].id
+                    self._offer([Frame.of(row) for row in batch.rows])
+                if len(batch.rows) == self.hub.read_limit:
                     continue
-                # Woken by the notifier; the timeout is the safety net for a lost wake-up.
+                # Woken by the notifier; the timeout is the safety net for a lost wake-up,
+                # short while committed rows wait for an older transaction to finish.
+                held_back = held_back + 1 if batch.held_back else 0
+                timeout = self.hub.poll_seconds
+                if held_back:
+                    timeout = min(timeout, _HELD_BACK_SECONDS * 2 ** min(held_back - 1, 6))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.hub.poll_seconds)
+                    await asyncio.wait_for(wake.wait(), timeout)
 
     async def _start(self) -> None:
         """Begin at the newest final id: subscribers with an older cursor replay the rest."""
@@ -171,7 +180,8 @@ class Hub:
         self.db = db
         self.notifier = notifier
         self.poll_seconds = poll_seconds
-        self.backlog = max(backlog, BATCH)  # one read must always fit
+        self.backlog = backlog
+        self.read_limit = min(BATCH, backlog)  # one read must always fit a backlog
         self._feeds: dict[int, _OrgFeed] = {}
 
     @contextlib.asynccontextmanager
@@ -214,6 +224,10 @@ class Hub:
             return
         del self._feeds[feed.org_id]
         feed.task.cancel()
+
+    def subscriber_count(self, org_id: int) -> int:
+        feed = self._feeds.get(org_id)
+        return len(feed.subscribers) if feed else 0
 
     async def close(self) -> None:
         feeds = list(self._feeds.values())
