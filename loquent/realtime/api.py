@@ -97,11 +97,13 @@ async def _starting_point(
         return None, False
     async with ctx.db.reader() as session:
         latest = await event_log.latest_id(session, org_id)
-        _oldest, newest = await event_log.bounds(session)
+        oldest, newest = await event_log.bounds(session)
         if newest is None or resume_from > newest:
             return latest, resume_from > 0  # an id from another database or a reset log
         if resume_from < await event_log.pruned_through(session):
             return latest, True  # some of what was missed may have been pruned
+        if ctx.db.is_sqlite and oldest is not None and resume_from < oldest - 1:
+            return latest, True  # SQLite ids are dense: rows below the oldest were deleted
         missed = (
             await session.execute(
                 select(func.count())
