@@ -83,8 +83,10 @@ async def _stream(
                 # Too far behind: end the stream; the client reconnects with Last-Event-ID
                 # and replays what it missed from the log.
                 return
-            for frame in frames:
-                yield frame.data
+            if frames:
+                # One write for everything this stream has pending: a stream that fell
+                # behind catches up in one send instead of one per event.
+                yield b"".join(frame.data for frame in frames)
             if not frames and await request.is_disconnected():
                 return
 
