@@ -58,9 +58,15 @@ chromium:
 	  else echo "chromium missing: browser tests will be skipped (apt-get install chromium)"; fi; \
 	fi
 
-## bench: webhook load, race and SSE latency on SQLite (and PostgreSQL when
-## LOQUENT_BENCH_POSTGRES_URL names a server database it may create a scratch database next to)
+## bench: ingest (events/s, latency, RSS; each against a bare baseline in the same run) and
+## SSE fan-out (1,000 clients) on SQLite, and on PostgreSQL when LOQUENT_BENCH_POSTGRES_URL
+## names a server database it may create a scratch database next to. Needs wrk (installed
+## with apt when missing and run as root).
 bench: $(STAMP)
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk missing: apt-get install wrk"; exit 1; fi; \
+	fi
 	$(PY) -m bench.run
 
 clean:

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     # An open stream re-checks its session or token this often and ends once it is logged
     # out, expired or revoked.
     sse_auth_recheck_seconds: float = 20.0
+    sse_backlog: int = 1000  # frames a stream may fall behind before it is dropped
     event_log_retention_hours: float = 24.0
 
     # MMS media relayed from Twilio: largest file, and downloads in flight per organization

@@ -82,3 +82,19 @@ def mark_process_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+SSE_SUBSCRIBERS = Gauge(
+    "loquent_sse_subscribers",
+    "SSE streams following the live feed in this process",
+    multiprocess_mode="livesum",
+)
+SSE_DROPPED = Counter(
+    "loquent_sse_dropped_total", "SSE streams ended because the client fell too far behind"
+)
+EVENT_LOG_READS = Counter(
+    "loquent_event_log_reads_total",
+    "Event-log reads for SSE: live (once per organization per wake-up), recheck (rows waited"
+    " for an older transaction) or replay (per stream joining with an old cursor)",
+    ["kind"],
+)

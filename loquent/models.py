@@ -3,7 +3,7 @@
 from loquent.contacts.models import Contact, ContactPhone
 from loquent.messaging.models import Message, MessageMedia
 from loquent.orgs.models import ApiToken, Member, Organization, PhoneNumber, User, UserSession
-from loquent.realtime.models import EventLogEntry
+from loquent.realtime.models import EventLogEntry, EventLogWatermark
 from loquent.twilio.import_models import MessageImport
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Contact",
     "ContactPhone",
     "EventLogEntry",
+    "EventLogWatermark",
     "Member",
     "Message",
     "MessageImport",

@@ -134,19 +134,26 @@ async def test_after_query_parameter_resumes_too(stack: Stack) -> None:
 
 
 async def test_a_gap_beyond_the_log_sends_resync(stack: Stack) -> None:
-    from sqlalchemy import delete
+    from datetime import timedelta
 
+    from loquent.db import utcnow
+    from loquent.realtime import log as event_log
     from loquent.realtime.models import EventLogEntry
 
     for _ in range(3):
         await stack.post_events([event(stack, "sent", new_sid("SM"))])
+    first = (await stack.rows(EventLogEntry))[0].id
     async with stack.db.session() as session:  # prune all but the newest row
-        newest = max(row.id for row in await stack.rows(EventLogEntry))
-        await session.execute(delete(EventLogEntry).where(EventLogEntry.id < newest))
+        assert await event_log.prune(session, utcnow() + timedelta(hours=1)) == 2
         await session.commit()
-    async with sse(stack, stack.org, headers={"Last-Event-ID": "1"}) as stream:
+    async with sse(stack, stack.org, headers={"Last-Event-ID": str(first)}) as stream:
         frame = await stream.next()
         assert frame["event"] == "resync"
+    # A client that had seen everything that was pruned replays normally.
+    rows = await stack.rows(EventLogEntry)
+    async with sse(stack, stack.org, headers={"Last-Event-ID": str(rows[-1].id - 1)}) as stream:
+        frame = await stream.next()
+        assert (frame["event"], frame["id"]) == ("messaging.message.new", str(rows[-1].id))
 
 
 async def test_stream_requires_authentication(stack: Stack) -> None:

@@ -11,8 +11,6 @@ ends soon after its user logs out, or its session expires or its token is revoke
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -28,12 +26,10 @@ from loquent.orgs.auth import require_principal
 from loquent.orgs.service import Principal, credential_is_live
 from loquent.realtime import log as event_log
 from loquent.realtime.models import EventLogEntry
-from loquent.realtime.notifier import org_topic
 
 router = APIRouter(prefix="/api", tags=["realtime"])
 
 RESYNC = "resync"
-_BATCH = 500
 _RECONNECT_MS = 1000
 
 
@@ -70,7 +66,7 @@ def _last_event_id(request: Request) -> int | None:
 
 async def _stream(
     request: Request, ctx: AppContext, principal: Principal, resume_from: int | None
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[ServerSentEvent | bytes]:
     settings = ctx.settings
     org_id = principal.organization_id
     deadline = time.monotonic() + settings.sse_max_stream_seconds
@@ -81,35 +77,32 @@ async def _stream(
     else:
         yield ServerSentEvent(comment="connected", retry=_RECONNECT_MS)
 
-    with ctx.notifier.listen(org_topic(org_id)) as wake:
+    # The process's hub reads the log once per wake-up for all of the organization's streams.
+    async with ctx.hub.subscribe(org_id, after=cursor) as feed:
         while time.monotonic() < deadline:
-            wake.clear()
-            async with ctx.db.reader() as session:
-                rows = await event_log.read_after(session, org_id, cursor, _BATCH)
-            for row in rows:
-                cursor = row.id
-                yield ServerSentEvent(
-                    id=str(row.id),
-                    event=row.type,
-                    data=json.dumps({"type": row.type, "payload": row.payload}),
-                )
-            if len(rows) == _BATCH:
-                continue
-            if await request.is_disconnected():
+            # The timeout brings the loop back here regularly even when nothing happens,
+            # and in time for the next credential re-check.
+            timeout = min(
+                settings.sse_poll_seconds,
+                max(recheck_at - time.monotonic(), 0.0),
+                max(deadline - time.monotonic(), 0.0),
+            )
+            frames = await feed.next(timeout)
+            if frames is None:
+                # Too far behind: end the stream; the client reconnects with Last-Event-ID
+                # and replays what it missed from the log.
+                return
+            if frames:
+                # One write for everything this stream has pending: a stream that fell
+                # behind catches up in one send instead of one per event.
+                yield b"".join(frame.data for frame in frames)
+            if not frames and await request.is_disconnected():
                 return
             if time.monotonic() >= recheck_at:
                 # Logout, expiry and revocation end the stream here, not at its lifetime.
                 if not await _still_authorized(ctx, principal):
                     return
                 recheck_at = time.monotonic() + settings.sse_auth_recheck_seconds
-            # Woken by the notifier; the timeout is the safety net for a lost wake-up.
-            timeout = min(
-                settings.sse_poll_seconds,
-                max(recheck_at - time.monotonic(), 0.0),
-                max(deadline - time.monotonic(), 0.0),
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=timeout)
 
 
 async def _still_authorized(ctx: AppContext, principal: Principal) -> bool:
@@ -119,17 +112,19 @@ async def _still_authorized(ctx: AppContext, principal: Principal) -> bool:
 
 async def _starting_point(
     ctx: AppContext, org_id: int, resume_from: int | None
-) -> tuple[int, bool]:
-    """Where to start reading, and whether the client must resync instead of replaying."""
+) -> tuple[int | None, bool]:
+    """Where to start reading (None: from now on), and whether the client must resync."""
+    if resume_from is None:
+        return None, False
     async with ctx.db.reader() as session:
         latest = await event_log.latest_id(session, org_id)
-        if resume_from is None:
-            return latest, False
         oldest, newest = await event_log.bounds(session)
         if newest is None or resume_from > newest:
             return latest, resume_from > 0  # an id from another database or a reset log
-        if oldest is not None and resume_from < oldest - 1:
-            return latest, True  # some of what was missed has been pruned
+        if resume_from < await event_log.pruned_through(session):
+            return latest, True  # some of what was missed may have been pruned
+        if ctx.db.is_sqlite and oldest is not None and resume_from < oldest - 1:
+            return latest, True  # SQLite ids are dense: rows below the oldest were deleted
         missed = (
             await session.execute(
                 select(func.count())
@@ -142,7 +137,7 @@ async def _starting_point(
         return resume_from, False
 
 
-def _resync_event(cursor: int) -> ServerSentEvent:
+def _resync_event(cursor: int | None) -> ServerSentEvent:
     return ServerSentEvent(
         id=str(cursor),
         event=RESYNC,

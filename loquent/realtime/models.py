@@ -28,3 +28,17 @@ class EventLogEntry(Base):
     type: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+
+
+class EventLogWatermark(Base):
+    """One row: the newest id pruning has removed.
+
+    Ids are not dense (PostgreSQL derives them from transaction ids, rollbacks leave holes),
+    so "older than the oldest retained row" cannot tell a pruned gap from ids that never
+    existed; a client resuming below this mark may have lost events and must resync.
+    """
+
+    __tablename__ = "event_log_watermark"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)
