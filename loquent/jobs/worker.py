@@ -253,7 +253,8 @@ class Worker:
         settings = self.settings
         since = now - timedelta(hours=settings.enrich_list_window_hours)
         runs: list[list[Claim]] = []
-        async with self.db.session() as session:
+        # A read first: most passes find no organization that backed up.
+        async with self.db.reader() as session:
             org_ids = await orgs_due_for_listing(
                 session,
                 now=now,
@@ -261,6 +262,9 @@ class Worker:
                 captured_since=since,
                 exclude=self._listing,
             )
+        if not org_ids:
+            return 0, set(self._listing)
+        async with self.db.session() as session:
             for org_id in org_ids[:room]:
                 claims = await claim_org_bodies(
                     session,
