@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     # Backstop on attempts of any kind, for a job that keeps crashing its worker (each crash
     # costs a lease, not a backoff). Far above what the deadline allows at the cap.
     enrich_max_attempts: int = 1000
+    # Campaign-scale enrichment (loquent.messaging.bulk_enrichment): an organization with at
+    # least this many due bodies captured within the window has them fetched by listing
+    # Messages.json a day range at a time instead of one GET each. 0 turns listing off.
+    enrich_list_threshold: int = 100
+    enrich_list_window_hours: float = 24.0
+    enrich_list_max_bodies: int = 10_000  # bodies leased by one listing run
+    enrich_list_max_pages: int = 50  # pages one run may read before the rest go one by one
 
     # History import and catch-up after downtime (loquent.twilio.history / catchup)
     catchup_interval_seconds: float = 900.0  # 0 disables catch-up (also the one at start)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import signal
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import structlog
@@ -28,10 +28,13 @@ from loquent.jobs.backoff import backoff_delay
 from loquent.messaging.body_queue import (
     Claim,
     claim_due_bodies,
+    claim_org_bodies,
     count_pending,
     next_due_at,
+    orgs_due_for_listing,
     release_claims,
 )
+from loquent.messaging.bulk_enrichment import enrich_by_listing
 from loquent.messaging.enrichment import EnrichContext, enrich_body
 from loquent.metrics import ENRICHMENT
 from loquent.orgs import service as orgs
@@ -76,7 +79,9 @@ class Worker:
         self._org_slots: dict[int, asyncio.Semaphore] = {}
         self._org_load: Counter[int] = Counter()
         self._prune_interval = prune_interval
-        self._tasks: dict[asyncio.Task[None], Claim] = {}
+        # Each task's leases: one claim for a single fetch, many for a listing run.
+        self._tasks: dict[asyncio.Task[None], list[Claim]] = {}
+        self._listing: set[int] = set()  # organizations with a listing run in this process
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -128,7 +133,7 @@ class Worker:
         unfinished: list[Claim] = []
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            unfinished = [self._tasks[t] for t in pending]
+            unfinished = [claim for t in pending for claim in self._tasks[t]]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -200,16 +205,24 @@ class Worker:
         """Claim what there is room for and start it; return how long to sleep."""
         settings = self.settings
         room = self._max_concurrency - len(self._tasks)
+        # One instant for the whole pass: a body falling due between the two claims would
+        # otherwise be taken one by one while the rest of its batch waits for a listing run.
+        now = utcnow()
+        listed: set[int] = set()
+        if room > 0 and settings.enrich_list_threshold > 0:
+            started, listed = await self._claim_listing_runs(room, now)
+            room -= started
         limit = min(settings.worker_batch_size, room)
         claims: list[Claim] = []
         if limit > 0:
             async with self.db.session() as session:
                 claims = await claim_due_bodies(
                     session,
-                    now=utcnow(),
+                    now=now,
                     limit=limit,
                     lease_seconds=settings.worker_lease_seconds,
                     per_org_cap=settings.worker_per_org_concurrency,
+                    exclude_orgs=listed,
                 )
                 await session.commit()
             for claim in claims:
@@ -231,9 +244,85 @@ class Worker:
             return poll
         return min(poll, wait)
 
+    async def _claim_listing_runs(self, room: int, now: datetime) -> tuple[int, set[int]]:
+        """Start a listing run for each organization with enough due bodies (see
+        ``messaging.bulk_enrichment``). Returns how many were started, and the
+        organizations whose bodies are not to be claimed one by one in this pass: those
+        listed here, in a run or waiting for room for one (taken one by one, a batch
+        handed back by a run would trickle out a cap at a time)."""
+        settings = self.settings
+        since = now - timedelta(hours=settings.enrich_list_window_hours)
+        runs: list[list[Claim]] = []
+        # A read first: most passes find no organization that backed up.
+        async with self.db.reader() as session:
+            org_ids = await orgs_due_for_listing(
+                session,
+                now=now,
+                threshold=settings.enrich_list_threshold,
+                captured_since=since,
+                exclude=self._listing,
+            )
+        if not org_ids:
+            return 0, set(self._listing)
+        async with self.db.session() as session:
+            for org_id in org_ids[:room]:
+                claims = await claim_org_bodies(
+                    session,
+                    org_id,
+                    now=now,
+                    limit=settings.enrich_list_max_bodies,
+                    lease_seconds=settings.worker_lease_seconds,
+                    captured_since=since,
+                )
+                if claims:
+                    runs.append(claims)
+            await session.commit()
+        for claims in runs:
+            org_id = claims[0].organization_id
+            self._listing.add(org_id)
+            task = asyncio.create_task(self._run_listing(org_id, claims), name=f"list-{org_id}")
+            self._tasks[task] = claims
+            task.add_done_callback(self._job_done)
+        return len(runs), set(org_ids) | self._listing
+
+    async def _run_listing(self, org: int, claims: list[Claim]) -> None:
+        org_slots = self._org_slots_for(org)
+        self._org_load[org] += 1
+        try:
+            assert self._ctx is not None  # set by start()
+            outcomes = await enrich_by_listing(self._ctx, org, claims, call_slots=org_slots)
+            for outcome in outcomes:
+                self.outcomes[str(outcome)] += 1
+                ENRICHMENT.labels(outcome=str(outcome)).inc()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the leases run out and the rows are claimed again
+            self.outcomes["error"] += 1
+            ENRICHMENT.labels(outcome="error").inc()
+            if is_storage_outage(exc):
+                log.warning("worker.listing_storage_unavailable", org_id=org, error=str(exc))
+            else:
+                log.exception("worker.listing_failed", org_id=org)
+        finally:
+            self._listing.discard(org)
+            self._org_done(org)
+
+    def _org_slots_for(self, org: int) -> asyncio.Semaphore:
+        org_slots = self._org_slots.get(org)
+        if org_slots is None:
+            org_slots = asyncio.Semaphore(self.settings.worker_per_org_concurrency)
+            self._org_slots[org] = org_slots
+        return org_slots
+
+    def _org_done(self, org: int) -> None:
+        self._org_load[org] -= 1
+        if self._org_load[org] <= 0:
+            del self._org_load[org]
+            self._org_slots.pop(org, None)
+
     def _start(self, claim: Claim) -> None:
         task = asyncio.create_task(self._run_job(claim), name=f"enrich-{claim.message_id}")
-        self._tasks[task] = claim
+        self._tasks[task] = [claim]
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
@@ -242,10 +331,7 @@ class Worker:
 
     async def _run_job(self, claim: Claim) -> None:
         org = claim.organization_id
-        org_slots = self._org_slots.get(org)
-        if org_slots is None:
-            org_slots = asyncio.Semaphore(self.settings.worker_per_org_concurrency)
-            self._org_slots[org] = org_slots
+        org_slots = self._org_slots_for(org)
         self._org_load[org] += 1
         try:
             # Per-org first, so a job waiting for its org does not hold a global slot.
@@ -270,10 +356,7 @@ class Worker:
             else:
                 log.exception("worker.job_failed", message_id=claim.message_id, org_id=org)
         finally:
-            self._org_load[org] -= 1
-            if self._org_load[org] <= 0:
-                del self._org_load[org]
-                self._org_slots.pop(org, None)
+            self._org_done(org)
 
     async def _prune(self) -> None:
         cutoff = utcnow() - timedelta(hours=self.settings.event_log_retention_hours)

@@ -80,8 +80,11 @@ async def claim_due_bodies(
     limit: int,
     lease_seconds: float,
     per_org_cap: int,
+    exclude_orgs: set[int] | None = None,
 ) -> list[Claim]:
     """Lease up to ``limit`` due messages, oldest due first, in one UPDATE … RETURNING.
+
+    ``exclude_orgs``: organizations whose bodies are left to a listing run.
 
     The caller commits. The statement, in outline::
 
@@ -122,7 +125,11 @@ async def claim_due_bodies(
         )
         .join(Organization, Organization.id == candidate.organization_id)
         .outerjoin(leased, leased.c.organization_id == candidate.organization_id)
-        .where(*_claimable(candidate, now), *_org_can_call_twilio())
+        .where(
+            *_claimable(candidate, now),
+            *_org_can_call_twilio(),
+            *([candidate.organization_id.not_in(exclude_orgs)] if exclude_orgs else []),
+        )
         .subquery("ranked")
     )
     picked = (
@@ -225,3 +232,114 @@ async def count_pending(session: AsyncSession, *, now: datetime, due_only: bool 
         .where(*conditions, *_org_can_call_twilio())
     )
     return int((await session.execute(stmt)).scalar() or 0)
+
+
+# --- listing runs (loquent.messaging.bulk_enrichment) ----------------------------------------
+
+
+async def orgs_due_for_listing(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    threshold: int,
+    captured_since: datetime,
+    exclude: set[int] | None = None,
+) -> list[int]:
+    """Organizations with at least ``threshold`` claimable bodies captured since
+    ``captured_since``, the most backed-up first."""
+    if threshold <= 0:
+        return []
+    n = func.count().label("n")
+    stmt = (
+        select(Message.organization_id, n)
+        .join(Organization, Organization.id == Message.organization_id)
+        .where(
+            *_claimable(Message, now),
+            *_org_can_call_twilio(),
+            Message.created_at >= captured_since,
+        )
+        .group_by(Message.organization_id)
+        .having(func.count() >= threshold)
+        .order_by(n.desc())
+    )
+    rows = (await session.execute(stmt)).all()
+    return [int(r[0]) for r in rows if not exclude or int(r[0]) not in exclude]
+
+
+async def claim_org_bodies(
+    session: AsyncSession,
+    org_id: int,
+    *,
+    now: datetime,
+    limit: int,
+    lease_seconds: float,
+    captured_since: datetime,
+) -> list[Claim]:
+    """Lease up to ``limit`` claimable bodies of one organization captured since
+    ``captured_since``, for one listing run. Counted and fenced like ``claim_due_bodies``;
+    the leased rows count against the org's cap there, so no single fetch of the org starts
+    while the run holds them. The caller commits."""
+    if limit <= 0:
+        return []
+    picked = (
+        select(Message.id)
+        .where(
+            Message.organization_id == org_id,
+            Message.created_at >= captured_since,
+            *_claimable(Message, now),
+        )
+        .order_by(Message.body_next_attempt_at, Message.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        picked = picked.with_for_update(skip_locked=True)
+    stmt = (
+        update(Message)
+        .where(Message.id.in_(picked.scalar_subquery()), *_claimable(Message, now))
+        .values(
+            body_locked_until=now + timedelta(seconds=lease_seconds),
+            body_attempts=Message.body_attempts + 1,
+            body_pending_since=func.coalesce(
+                Message.body_pending_since, literal(now, UtcDateTime())
+            ),
+            updated_at=Message.updated_at,
+        )
+        .returning(Message.id, Message.organization_id, Message.body_attempts)
+        .execution_options(synchronize_session=False)
+    )
+    rows = (await session.execute(stmt)).all()
+    claims = [Claim(message_id=r[0], organization_id=r[1], attempts=r[2]) for r in rows]
+    return sorted(claims, key=lambda c: c.message_id)
+
+
+async def extend_leases(session: AsyncSession, claims: list[Claim], *, until: datetime) -> int:
+    """Push the leases of claims still held out to ``until`` (a listing run outlives one
+    lease). Fenced like ``release_claims``: rows settled, re-claimed elsewhere or already
+    handed back are left alone. The caller commits."""
+    extended = 0
+    for chunk in _chunks(claims, 500):
+        for attempts, ids in _by_attempts(chunk).items():
+            result = await session.execute(
+                update(Message)
+                .where(
+                    Message.id.in_(ids),
+                    Message.body_state == PENDING,
+                    Message.body_attempts == attempts,
+                    Message.body_locked_until.is_not(None),
+                )
+                .values(body_locked_until=until, updated_at=Message.updated_at)
+                .execution_options(synchronize_session=False)
+            )
+            extended += int(getattr(result, "rowcount", 0) or 0)
+    return extended
+
+
+def _chunks(claims: list[Claim], size: int) -> list[list[Claim]]:
+    return [claims[i : i + size] for i in range(0, len(claims), size)]
+
+
+def _by_attempts(claims: list[Claim]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for claim in claims:
+        groups.setdefault(claim.attempts, []).append(claim.message_id)
+    return groups

@@ -219,6 +219,8 @@ class EnrichContext:
     # (429s do not count as attempts). In memory on purpose: losing it on a restart only
     # restarts the backoff; the deadline still bounds the job.
     rate_limited: dict[int, int] = field(default_factory=dict)
+    # The same for listing runs, per organization (see bulk_enrichment).
+    list_rate_limited: dict[int, int] = field(default_factory=dict)
 
     @property
     def policy(self) -> RetryPolicy:
@@ -357,7 +359,7 @@ async def _load(ctx: EnrichContext, claim: Claim) -> _Job | None:
                 .where(Message.id == claim.message_id)
             )
         ).one_or_none()
-    if row is None or not _still_ours(row.body_state, row.body_attempts, claim):
+    if row is None or not still_ours(row.body_state, row.body_attempts, claim):
         return None
     return _Job(
         message_sid=row.external_id,
@@ -368,7 +370,8 @@ async def _load(ctx: EnrichContext, claim: Claim) -> _Job | None:
     )
 
 
-def _still_ours(body_state: str, body_attempts: int, claim: Claim) -> bool:
+def still_ours(body_state: str, body_attempts: int, claim: Claim) -> bool:
+    """Whether the row is pending under this claim's lease."""
     # body_attempts doubles as a fencing token: had our lease expired and another worker
     # claimed the row, the count would have moved on.
     return body_state == "pending" and body_attempts == claim.attempts
@@ -399,7 +402,7 @@ async def _write(
             )
         ).one_or_none()
         result = None
-        if row is not None and _still_ours(row.body_state, row.body_attempts, claim):
+        if row is not None and still_ours(row.body_state, row.body_attempts, claim):
             result = await action(session)
         await commit(session, ctx.notifier)
         return result

@@ -264,42 +264,73 @@ async def apply_fetched_message(
     session: AsyncSession, message_id: int, fetched: FetchedMessage
 ) -> bool:
     """Store what Twilio's API returned for a pending message. False if it was not pending."""
-    message = await _pending(session, message_id)
-    if message is None:
-        return False
-    if fetched.body:
-        message.body = fetched.body
-        message.body_state = "ready"
-    else:
-        message.body_state = "empty"
-    message.body_error = None  # the errors of earlier attempts no longer describe the row
-    if fetched.status and should_advance(message.status, fetched.status):
-        message.status = fetched.status
-        if fetched.error_code:
-            message.error_code = fetched.error_code
-    message.num_media = fetched.num_media
-    if fetched.created_at is not None:
-        # Twilio's own time of the message beats the time of whichever event we saw first.
-        message.created_at = fetched.created_at
-        await contacts.touch_last_contacted(session, message.contact_id, fetched.created_at)
-    existing_media = set(
+    return bool(await apply_fetched_messages(session, {message_id: fetched}))
+
+
+async def apply_fetched_messages(
+    session: AsyncSession, fetched: dict[int, FetchedMessage]
+) -> list[int]:
+    """``apply_fetched_message`` for many messages in a handful of statements (a page of a
+    listing at a time, see ``bulk_enrichment``): the rows locked and read in one SELECT,
+    their media and contacts in one statement each, one event per message. Returns the ids
+    stored; rows no longer pending are left alone."""
+    if not fetched:
+        return []
+    messages = list(
         (
             await session.execute(
-                select(MessageMedia.media_sid).where(MessageMedia.message_id == message.id)
+                select(Message)
+                .where(Message.id.in_(list(fetched)), Message.body_state == BodyState.PENDING)
+                .order_by(Message.id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
             )
         ).scalars()
     )
-    for media in fetched.media:
-        if media.sid not in existing_media:
-            session.add(
-                MessageMedia(
-                    message_id=message.id, media_sid=media.sid, content_type=media.content_type
-                )
+    if not messages:
+        return []
+    existing_media = {
+        (row[0], row[1])
+        for row in await session.execute(
+            select(MessageMedia.message_id, MessageMedia.media_sid).where(
+                MessageMedia.message_id.in_([m.id for m in messages])
             )
-    _finish_job(message)
+        )
+    }
+    contacted: dict[int, datetime] = {}
+    for message in messages:
+        answer = fetched[message.id]
+        if answer.body:
+            message.body = answer.body
+            message.body_state = BodyState.READY
+        else:
+            message.body_state = BodyState.EMPTY
+        message.body_error = None  # the errors of earlier attempts no longer describe the row
+        if answer.status and should_advance(message.status, answer.status):
+            message.status = answer.status
+            if answer.error_code:
+                message.error_code = answer.error_code
+        message.num_media = answer.num_media
+        if answer.created_at is not None:
+            # Twilio's own time of the message beats the time of whichever event we saw first.
+            message.created_at = answer.created_at
+            seen = contacted.get(message.contact_id)
+            contacted[message.contact_id] = max(seen or answer.created_at, answer.created_at)
+        for media in answer.media:
+            if (message.id, media.sid) not in existing_media:
+                session.add(
+                    MessageMedia(
+                        message_id=message.id, media_sid=media.sid, content_type=media.content_type
+                    )
+                )
+        _finish_job(message)
+    await contacts.touch_last_contacted_many(session, contacted)
     await session.flush()
-    await append_event(session, message.organization_id, EVT_MESSAGE_STATUS, message_json(message))
-    return True
+    for message in messages:
+        await append_event(
+            session, message.organization_id, EVT_MESSAGE_STATUS, message_json(message)
+        )
+    return [m.id for m in messages]
 
 
 async def mark_body_failed(session: AsyncSession, message_id: int, reason: str) -> bool:
@@ -322,17 +353,20 @@ async def schedule_body_retry(
     reason: str,
     count_attempt: bool,
     not_found: int = 0,
+    at: datetime | None = None,
 ) -> None:
     """Put a claimed message back for a later attempt (the lease is released).
 
     ``not_found`` is the run of consecutive 404s so far (0 when this answer was not one).
+    ``at``, when given, is the moment of the next attempt instead of now + ``delay`` (a
+    listing run hands its bodies back due together).
     """
     message = await _pending(session, message_id)
     if message is None:
         return
     if not count_attempt:
         message.body_attempts = max(0, message.body_attempts - 1)
-    message.body_next_attempt_at = utcnow() + delay
+    message.body_next_attempt_at = at if at is not None else utcnow() + delay
     message.body_locked_until = None
     message.body_error = reason[:500]
     message.body_not_found = not_found

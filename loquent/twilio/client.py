@@ -301,17 +301,21 @@ class TwilioClient:
         *,
         page_size: int = MAX_PAGE_SIZE,
         date_sent_after: date | None = None,
+        date_sent_before: date | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of ``Messages.json`` (newest first) and its ``next_page_uri``.
 
         Without ``next_page_uri`` the first page, filtered with ``DateSent>`` (on or after
-        that day, UTC); with it, exactly that page — it carries every parameter, page token
-        included — so a caller that stored it can resume paging later, in another process.
+        that day, UTC) and ``DateSent<`` (on or before that day); with it, exactly that
+        page — it carries every parameter, page token included — so a caller that stored it
+        can resume paging later, in another process.
         """
         if next_page_uri is None:
             params: dict[str, str | int] = {"PageSize": max(1, min(page_size, MAX_PAGE_SIZE))}
             if date_sent_after is not None:
                 params["DateSent>"] = date_sent_after.isoformat()
+            if date_sent_before is not None:
+                params["DateSent<"] = date_sent_before.isoformat()
             page = await self._get_json(self._account_path("Messages.json"), params)
         else:
             page = await self._get_json(next_page_uri)
