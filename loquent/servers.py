@@ -139,6 +139,11 @@ class ServerThread:
     def url(self) -> str:
         return f"http://{self._host}:{self._port}"
 
+    @property
+    def app(self) -> Any:
+        """The ASGI app being served, as it was given."""
+        return self._app
+
     def start(self, timeout_s: float = 20.0) -> ServerThread:
         sock = bind(self._host, self._port)
         self._port = int(sock.getsockname()[1])

@@ -366,7 +366,7 @@ async def test_an_undeclared_size_over_the_cap_cuts_the_download_short(
     # Never the whole file, and never presented as complete.
     assert received <= 1 * MIB
     # The aborted download gave its slot back.
-    slots = stack.server.server.config.app.state.media_slots
+    slots = stack.server.app.state.media_slots
     await eventually(lambda: _true(slots.in_use(stack.org.id) == 0), timeout=5)
 
 

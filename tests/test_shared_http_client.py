@@ -84,7 +84,7 @@ async def test_the_process_client_refuses_cookies_and_is_the_one_the_worker_uses
     two_orgs: tuple[Stack, Sim],
 ) -> None:
     stack, sim = two_orgs
-    app = stack.server.server.config.app
+    app = stack.server.app
     ctx = app.state.ctx
     assert app.state.worker._http is ctx.http  # one pool for the worker and the media proxy
     request = httpx.Request("GET", f"{sim.url}/2010-04-01/Accounts.json")
