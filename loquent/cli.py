@@ -94,10 +94,9 @@ def serve(
     import shutil
     import tempfile
 
-    import uvicorn
-
     from loquent.logging import configure_logging
     from loquent.metrics import MULTIPROC_ENV
+    from loquent.servers import serve as serve_app
 
     settings = get_settings()
     _require_secret_key(settings)
@@ -115,33 +114,21 @@ def serve(
             err=True,
         )
     try:
-        _run_uvicorn(uvicorn, settings, host, port, workers, keep_alive)
+        serve_app(
+            "loquent.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            # Longer than the idle timeout of common proxies and load balancers (60 s), so the
+            # server never closes a kept-alive connection just as the client reuses it.
+            keep_alive_s=keep_alive,
+            log_level=settings.log_level,
+            log_json=settings.log_json,
+        )
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _run_uvicorn(
-    uvicorn: Any, settings: Any, host: str, port: int, workers: int, keep_alive: int
-) -> None:
-    from loquent.logging import uvicorn_log_config
-
-    uvicorn.run(
-        "loquent.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        timeout_graceful_shutdown=5,
-        # Longer than the idle timeout of common proxies and load balancers (60 s), so the
-        # server never closes a kept-alive connection just as the client reuses it.
-        timeout_keep_alive=keep_alive,
-        proxy_headers=True,
-        log_level=settings.log_level.lower(),
-        # Every line, uvicorn's access and error lines included, goes through our redacting
-        # formatter (JSON with LOQUENT_LOG_JSON), in every worker process.
-        log_config=uvicorn_log_config(json_logs=settings.log_json, level=settings.log_level),
-    )
 
 
 @app.command()

@@ -153,6 +153,15 @@ class LoquentHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ign
         self.addFilter(_SqlParametersFilter())
 
 
+def route_uvicorn_loggers() -> None:
+    """uvicorn's own configuration gives its loggers handlers of their own that do not
+    propagate; take them back so their lines are redacted and rendered like ours."""
+    for name in _UVICORN_LOGGERS:
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers = []
+        uvicorn_logger.propagate = True
+
+
 def configure_logging(*, json_logs: bool = False, level: str = "INFO", sql: bool = False) -> None:
     """Send every record, ours and the libraries', through one redacting formatter."""
     level = level.upper()
@@ -172,12 +181,7 @@ def configure_logging(*, json_logs: bool = False, level: str = "INFO", sql: bool
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
-    # uvicorn's own configuration gives its loggers handlers of their own that do not
-    # propagate; take them back so their lines are redacted and rendered like ours.
-    for name in _UVICORN_LOGGERS:
-        uvicorn_logger = logging.getLogger(name)
-        uvicorn_logger.handlers = []
-        uvicorn_logger.propagate = True
+    route_uvicorn_loggers()
     quiet = logging.WARNING
     for name in DRIVER_LOGGERS:
         logging.getLogger(name).setLevel(quiet)

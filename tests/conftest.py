@@ -22,7 +22,7 @@ from loquent.db import Database
 from loquent.migrate import upgrade
 from loquent.orgs import service as orgs
 from loquent.orgs.crypto import SecretBox
-from tests.support.servers import ServerThread
+from loquent.servers import ServerThread
 from tests.support.twilio import new_sid, signed_request
 
 PG_ENV = "LOQUENT_TEST_POSTGRES_URL"
@@ -214,7 +214,7 @@ def make_settings(database_url: str, port: int, **overrides: Any) -> Settings:
 @asynccontextmanager
 async def running_stack(database_url: str, **overrides: Any) -> AsyncIterator[Stack]:
     """The app on a free loopback port with one connected organization owning two lines."""
-    from tests.support.servers import free_port
+    from loquent.servers import free_port
 
     port = free_port()
     settings = make_settings(database_url, port, **overrides)

@@ -14,9 +14,9 @@ from loquent.messaging.models import Message
 from loquent.orgs.crypto import SecretBox
 from loquent.orgs.models import Organization
 from loquent.orgs.service import set_twilio_credentials
+from loquent.simulator.client import SimulatorClient as Sim
 from loquent.simulator.server import simulator_thread
 from tests.conftest import Stack, running_stack
-from tests.support.sim import Sim
 from tests.test_realtime import sse
 
 LINE = "+14155550100"
@@ -114,7 +114,7 @@ async def test_fifty_concurrent_events_make_one_row_one_new_event_one_fetch(
         stack.org.account_sid, deliver=False, **{"from": LINE, "to": CUSTOMER, "body": "raced"}
     )
     sid = sent["sid"]
-    result = await sim.events(
+    result = await sim.message_events(
         stack.org.account_sid,
         sid,
         statuses=["sent", "delivered"],
@@ -134,7 +134,7 @@ async def test_fifty_concurrent_events_make_one_row_one_new_event_one_fetch(
 
 async def test_429_waits_for_retry_after_then_fetches(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
-    await sim.fault(
+    await sim.add_fault(
         path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", status=429, count=1, retry_after=1
     )
     sid = (
@@ -154,7 +154,9 @@ async def test_429_waits_for_retry_after_then_fetches(flow: tuple[Stack, Sim]) -
 
 async def test_three_500s_then_success(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
-    await sim.fault(path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", status=500, count=3)
+    await sim.add_fault(
+        path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", status=500, count=3
+    )
     sid = (
         await sim.console_sms(
             stack.org.account_sid,
@@ -170,7 +172,7 @@ async def test_three_500s_then_success(flow: tuple[Stack, Sim]) -> None:
 async def test_a_slow_answer_times_out_and_is_retried(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
     # The app's Twilio timeout is 2 s in tests.
-    fault = await sim.fault(
+    fault = await sim.add_fault(
         path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", delay_ms=3500, count=1
     )
     started = asyncio.get_running_loop().time()
@@ -190,7 +192,7 @@ async def test_a_slow_answer_times_out_and_is_retried(flow: tuple[Stack, Sim]) -
 
 async def test_404_ends_failed_and_the_feed_is_told(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
-    await sim.fault(path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", status=404)
+    await sim.add_fault(path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", status=404)
     async with sse(stack, stack.org) as stream:
         sid = (
             await sim.console_sms(

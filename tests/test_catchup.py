@@ -16,13 +16,13 @@ from loquent.contacts.models import Contact
 from loquent.db import Database, utcnow
 from loquent.messaging.models import Message
 from loquent.realtime.models import EventLogEntry
+from loquent.servers import ServerThread, free_port
+from loquent.simulator.client import SimulatorClient as Sim
 from loquent.simulator.server import simulator_thread
 from loquent.twilio.catchup import schedule_catchups
 from loquent.twilio.history import claim_runs
 from loquent.twilio.import_models import MessageImport
 from tests.conftest import make_settings, running_stack
-from tests.support.servers import ServerThread, free_port
-from tests.support.sim import Sim
 from tests.test_history_import import connect_sim, eventually, traffic
 from tests.test_realtime import sse
 

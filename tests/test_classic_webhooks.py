@@ -14,9 +14,9 @@ from loquent.contacts.models import Contact
 from loquent.messaging.models import Message
 from loquent.orgs.models import PhoneNumber
 from loquent.realtime.models import EventLogEntry
+from loquent.simulator.client import SimulatorClient as Sim
 from loquent.simulator.server import simulator_thread
 from tests.conftest import Stack, running_stack
-from tests.support.sim import Sim
 from tests.support.twilio import new_sid
 
 LINE = "+14155550100"

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from loquent.simulator.server import ServerThread, simulator_thread
-from tests.support.servers import free_port
-from tests.support.sim import Sim
+from loquent.servers import ServerThread, free_port
+from loquent.simulator.client import SimulatorClient as Sim
+from loquent.simulator.server import simulator_thread
 
 LINES = ["+14155550100", "+14155550101"]
 
@@ -137,7 +137,7 @@ async def test_killed_with_bodies_pending_then_restarted_fetches_them_all(
         {"destination": f"http://127.0.0.1:{port}/twilio/events"},
     )
     # Every body fetch hangs (and times out) until the fault is cleared.
-    await sim.fault(path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", delay_ms=20_000)
+    await sim.add_fault(path_regex=r"/Messages/SM[0-9a-f]+\.json$", method="GET", delay_ms=20_000)
 
     await asyncio.to_thread(app.start)
     try:

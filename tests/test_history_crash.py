@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from loquent.simulator.server import ServerThread, simulator_thread
-from tests.support.servers import free_port
-from tests.support.sim import Sim
+from loquent.servers import ServerThread, free_port
+from loquent.simulator.client import SimulatorClient as Sim
+from loquent.simulator.server import simulator_thread
 from tests.test_crash_recovery import AppProcess
 
 LINES = ["+14155550100", "+14155550101"]
@@ -101,7 +101,7 @@ async def test_killed_mid_import_resumes_after_restart_with_the_same_counts(
         await sim.call("POST", f"/accounts/{account}/numbers", {"phone_number": line})
     await sim.call("POST", f"/accounts/{account}/traffic", {"count": TOTAL, "counterparts": 300})
     # Slow pages, so that the kill lands mid-import.
-    await sim.fault(path_regex=r"/Messages\.json$", method="GET", delay_ms=400)
+    await sim.add_fault(path_regex=r"/Messages\.json$", method="GET", delay_ms=400)
 
     await asyncio.to_thread(app.start)
     try:

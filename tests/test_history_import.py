@@ -20,10 +20,10 @@ from loquent.messaging.models import Message
 from loquent.orgs import service as orgs
 from loquent.orgs.models import Organization
 from loquent.realtime.models import EventLogEntry
+from loquent.simulator.client import SimulatorClient as Sim
 from loquent.simulator.server import simulator_thread
 from loquent.twilio.import_models import MessageImport
 from tests.conftest import Org, Stack, running_stack
-from tests.support.sim import Sim
 from tests.test_realtime import sse
 
 LINES = ["+14155550100", "+14155550101"]
@@ -131,7 +131,7 @@ async def test_import_of_20000_messages_over_20_pages(
     sids: list[str] = made["sids"]
     # One of them is also captured live, before the import sees it.
     live_sid = sids[-1]
-    live = await sim.events(org.account_sid, live_sid, statuses=["received"])
+    live = await sim.message_events(org.account_sid, live_sid, statuses=["received"])
     assert {d["status_code"] for d in live["deliveries"]} == {200}
     assert await events_of(stack, "messaging.message.new") == 1
 
@@ -180,7 +180,7 @@ async def test_import_of_20000_messages_over_20_pages(
 
     # A live status event for an imported SID updates it through the normal path.
     outbound_sid = sids[-2]
-    await sim.events(org.account_sid, outbound_sid, statuses=["read"])
+    await sim.message_events(org.account_sid, outbound_sid, statuses=["read"])
     [updated] = await stack.rows(Message, Message.external_id == outbound_sid)
     assert (updated.status, updated.source) == ("read", "import")
 
@@ -232,8 +232,10 @@ async def test_5xx_and_429_mid_import_are_retried(flow: tuple[Stack, Sim]) -> No
     stack, sim = flow
     await traffic(sim, stack.org, 50)
     path = r"/Messages\.json$"
-    await sim.fault(path_regex=path, method="GET", status=500, after=2, count=2)
-    await sim.fault(path_regex=path, method="GET", status=429, retry_after=0.2, after=4, count=1)
+    await sim.add_fault(path_regex=path, method="GET", status=500, after=2, count=2)
+    await sim.add_fault(
+        path_regex=path, method="GET", status=429, retry_after=0.2, after=4, count=1
+    )
     run = await start_import(stack)
     done = await until_done(stack, run["id"])
     assert (done["state"], done["imported"], done["pages"]) == ("finished", 50, 5)
@@ -247,7 +249,7 @@ async def test_5xx_that_outlasts_the_retries_fails_with_the_cursor_kept_and_a_re
 ) -> None:
     stack, sim = flow
     await traffic(sim, stack.org, 50)
-    await sim.fault(path_regex=r"/Messages\.json$", method="GET", status=503, after=2)
+    await sim.add_fault(path_regex=r"/Messages\.json$", method="GET", status=503, after=2)
     run = await start_import(stack)
     failed = await until_done(stack, run["id"])
     assert failed["state"] == "failed"
@@ -296,7 +298,7 @@ async def test_401_fails_the_import_and_flags_the_organization(flow: tuple[Stack
 async def test_one_import_per_org_at_a_time(flow: tuple[Stack, Sim]) -> None:
     stack, sim = flow
     await traffic(sim, stack.org, 20)
-    await sim.fault(path_regex=r"/Messages\.json$", method="GET", delay_ms=300)
+    await sim.add_fault(path_regex=r"/Messages\.json$", method="GET", delay_ms=300)
     first = await start_import(stack)
     second = await start_import(stack, {"since": "2020-01-01"}, expect=200)
     assert second["id"] == first["id"] and second["state"] == "running"

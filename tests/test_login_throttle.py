@@ -16,9 +16,9 @@ import pytest
 
 from loquent.app import create_app
 from loquent.orgs import service
+from loquent.servers import ServerThread, free_port
 from loquent.web.throttle import KEY_PREFIX, LoginThrottle, redis_storage_uri
 from tests.conftest import Stack, make_settings, running_stack
-from tests.support.servers import ServerThread, free_port
 
 REDIS_ENV = "LOQUENT_TEST_REDIS_URL"
 PASSWORD = "correct horse"

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from loquent.simulator.server import ServerThread, simulator_thread
+from loquent.servers import ServerThread, free_port
+from loquent.simulator.client import SimulatorClient as Sim
+from loquent.simulator.server import simulator_thread
 from tests.support.app_process import LoquentProcess, base_env
-from tests.support.servers import free_port
-from tests.support.sim import Sim
 
 pytestmark = pytest.mark.timeout(180)
 

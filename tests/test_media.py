@@ -18,10 +18,10 @@ from loquent.messaging import media
 from loquent.messaging.models import Message, MessageMedia
 from loquent.orgs.crypto import SecretBox
 from loquent.orgs.models import Organization
+from loquent.simulator.client import SimulatorClient as Sim
 from loquent.simulator.media import tiny_png
 from tests import test_capture_flow
 from tests.conftest import Stack
-from tests.support.sim import Sim
 from tests.test_capture_flow import eventually, settled
 
 LINE = "+14155550100"
@@ -210,7 +210,7 @@ async def test_twilio_failures_become_clear_errors(
     stack, sim = flow
     message = await send_mms(stack, sim, "https://example.com/a.png")
     url = await first_media_url(stack, message.id)
-    await sim.fault(path_regex=MEDIA_PATH, method="GET", count=1, **fault)
+    await sim.add_fault(path_regex=MEDIA_PATH, method="GET", count=1, **fault)
 
     response = await stack.get(url)
     assert (response.status_code, error_code(response)) == (status, code)
@@ -227,7 +227,7 @@ async def test_rejected_credentials_are_flagged(flow: tuple[Stack, Sim]) -> None
     stack, sim = flow
     message = await send_mms(stack, sim, "https://example.com/a.png")
     url = await first_media_url(stack, message.id)
-    await sim.fault(path_regex=MEDIA_PATH, method="GET", status=401, count=1)
+    await sim.add_fault(path_regex=MEDIA_PATH, method="GET", status=401, count=1)
 
     response = await stack.get(url)
     assert (response.status_code, error_code(response)) == (502, "twilio_credentials_rejected")
@@ -366,7 +366,7 @@ async def test_an_undeclared_size_over_the_cap_cuts_the_download_short(
     # Never the whole file, and never presented as complete.
     assert received <= 1 * MIB
     # The aborted download gave its slot back.
-    slots = stack.server.server.config.app.state.media_slots
+    slots = stack.server.app.state.media_slots
     await eventually(lambda: _true(slots.in_use(stack.org.id) == 0), timeout=5)
 
 

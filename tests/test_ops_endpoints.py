@@ -14,9 +14,9 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from loquent.servers import free_port
 from tests.conftest import running_stack
 from tests.support.app_process import LoquentProcess, base_env
-from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from loquent.app import create_app
+from loquent.servers import ServerThread, free_port
 from tests.conftest import Stack, make_settings, running_stack
 from tests.support.app_process import LoquentProcess, base_env
-from tests.support.servers import ServerThread, free_port
 from tests.support.twilio import new_sid, signed_request, status_event
 from tests.test_realtime import sse
 

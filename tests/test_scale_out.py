@@ -9,8 +9,8 @@ import time
 import pytest
 
 from loquent.app import create_app
+from loquent.servers import ServerThread, free_port
 from tests.conftest import Stack, make_settings
-from tests.support.servers import ServerThread, free_port
 from tests.support.twilio import new_sid, status_event
 from tests.test_realtime import sse
 

@@ -13,8 +13,8 @@ import pytest
 
 from loquent import demo
 from loquent.config import DEFAULT_SECRET_KEY
+from loquent.servers import free_port
 from tests.support.app_process import base_env
-from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,9 +74,9 @@ def test_the_demo_environment_uses_the_kept_key(
         "LOQUENT_SIMULATOR_URL",
     ):
         monkeypatch.delenv(name, raising=False)
-    demo._configure_environment("http://127.0.0.1:1", "http://127.0.0.1:2")
+    demo.configure_environment("http://127.0.0.1:1", "http://127.0.0.1:2")
     key = os.environ["LOQUENT_SECRET_KEY"]
     assert (tmp_path / "demo" / demo.SECRET_KEY_FILE).read_text().strip() == key
     monkeypatch.delenv("LOQUENT_SECRET_KEY")
-    demo._configure_environment("http://127.0.0.1:1", "http://127.0.0.1:2")
+    demo.configure_environment("http://127.0.0.1:1", "http://127.0.0.1:2")
     assert os.environ["LOQUENT_SECRET_KEY"] == key

@@ -18,9 +18,9 @@ from loquent.messaging.models import Message, MessageSend
 from loquent.orgs import service as orgs
 from loquent.orgs.models import Organization, PhoneNumber
 from loquent.realtime.models import EventLogEntry
+from loquent.simulator.client import SimulatorClient as Sim
 from tests import test_capture_flow
 from tests.conftest import Org, Stack
-from tests.support.sim import Sim
 from tests.test_capture_flow import eventually
 from tests.test_realtime import sse
 
@@ -286,7 +286,7 @@ async def test_twilio_down_or_too_slow_is_502_and_nothing_counts_as_sent(
 ) -> None:
     stack, sim = flow  # the app's Twilio timeout is 2 s in tests
     contact_id = await add_contact(stack, CUSTOMER)
-    await sim.fault(path_regex=r"/Messages\.json$", method="POST", count=1, **fault)
+    await sim.add_fault(path_regex=r"/Messages\.json$", method="POST", count=1, **fault)
     response = await post_send(stack, {"contact_id": contact_id, "body": "are you there?"})
     assert response.status_code == 502
     assert error(response)[0] == "twilio_unavailable"
@@ -371,7 +371,7 @@ async def test_concurrent_requests_with_one_key_send_once(flow: tuple[Stack, Sim
     stack, sim = flow
     contact_id = await add_contact(stack, CUSTOMER)
     # Twilio answers slowly, so every request arrives while the first is in flight.
-    await sim.fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=500)
+    await sim.add_fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=500)
     key = secrets.token_hex(8)
     async with httpx.AsyncClient(timeout=30) as http:
         responses = await asyncio.gather(
@@ -392,7 +392,7 @@ async def test_texts_to_one_recipient_from_one_line_go_out_one_at_a_time(
 ) -> None:
     stack, sim = flow
     contact_id = await add_contact(stack, CUSTOMER)
-    await sim.fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=300)
+    await sim.add_fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=300)
     await sim.call("PATCH", "/config", {"early_status_events": True})
     async with httpx.AsyncClient(timeout=30) as http:
         responses = await asyncio.gather(
@@ -451,7 +451,7 @@ async def test_a_console_text_during_a_send_stays_its_own_message(
     for Twilio's answer: its events claim our row first; the answer gives it back."""
     stack, sim = flow
     contact_id = await add_contact(stack, CUSTOMER)
-    await sim.fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=1500, count=1)
+    await sim.add_fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=1500, count=1)
     sending = asyncio.create_task(post_send(stack, {"contact_id": contact_id, "body": "ours"}))
     await _in_flight(stack)
     console = await sim.console_sms(
@@ -482,7 +482,7 @@ async def test_a_send_whose_slot_was_lost_still_ends_as_one_row(flow: tuple[Stac
     stack, sim = flow
     contact_id = await add_contact(stack, CUSTOMER)
     await sim.call("PATCH", "/config", {"early_status_events": True})
-    await sim.fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=1000, count=1)
+    await sim.add_fault(path_regex=r"/Messages\.json$", method="POST", delay_ms=1000, count=1)
     sending = asyncio.create_task(post_send(stack, {"contact_id": contact_id, "body": "ours"}))
     slot = await _in_flight(stack)
     async with stack.db.session() as session:

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from loquent.simulator.client import SimulatorClient as Sim
 from loquent.simulator.server import simulator_thread
 from tests.conftest import Org, Stack, running_stack
-from tests.support.sim import Sim
 from tests.test_capture_flow import settled
 
 pytestmark = pytest.mark.timeout(90)
@@ -53,7 +53,7 @@ async def test_a_cookie_set_for_one_org_is_never_sent_for_another(
     stack, sim = two_orgs
     first, second = stack.orgs
     # Twilio (or a balancer in front of it) answers the first org's body fetch with a cookie.
-    await sim.fault(
+    await sim.add_fault(
         path_regex=rf"/Accounts/{first.account_sid}/Messages/SM[0-9a-f]+\.json$",
         method="GET",
         set_cookie="affinity=org-one-session; Path=/",
@@ -84,7 +84,7 @@ async def test_the_process_client_refuses_cookies_and_is_the_one_the_worker_uses
     two_orgs: tuple[Stack, Sim],
 ) -> None:
     stack, sim = two_orgs
-    app = stack.server.server.config.app
+    app = stack.server.app
     ctx = app.state.ctx
     assert app.state.worker._http is ctx.http  # one pool for the worker and the media proxy
     request = httpx.Request("GET", f"{sim.url}/2010-04-01/Accounts.json")

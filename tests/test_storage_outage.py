@@ -27,8 +27,8 @@ from loquent.db import is_storage_outage, retry_conflicts
 from loquent.messaging.models import Message
 from loquent.migrate import upgrade
 from loquent.orgs import service as orgs
+from loquent.servers import ServerThread, free_port
 from tests.conftest import make_settings, running_stack
-from tests.support.servers import ServerThread, free_port
 from tests.support.twilio import new_sid, signed_request, status_event
 
 

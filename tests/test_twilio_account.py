@@ -19,7 +19,8 @@ from loquent.messaging.body_queue import claim_due_bodies
 from loquent.orgs import service as orgs
 from loquent.orgs.crypto import SecretBox
 from loquent.orgs.models import Organization, PhoneNumber
-from loquent.simulator.server import ServerThread, simulator_thread
+from loquent.servers import ServerThread
+from loquent.simulator.server import simulator_thread
 from tests.conftest import Stack, running_stack
 
 pytestmark = pytest.mark.asyncio

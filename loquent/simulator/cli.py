@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from typing import Annotated, Any
@@ -50,22 +51,24 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Run the simulator (Twilio REST + Event Streams + /_sim control API)."""
-    import uvicorn
-
+    from loquent.servers import serve as serve_app
     from loquent.simulator.app import create_simulator_app
 
     config = SimulatorConfig(
         media_base_url=media_base_url, control_loopback_only=not allow_remote_control
     )
-    uvicorn.run(create_simulator_app(config), host=host, port=port, log_level=log_level)
+    serve_app(create_simulator_app(config), host=host, port=port, log_level=log_level)
 
 
 def _play(command: str, sim_url: str, account: str | None, fields: dict[str, Any]) -> None:
+    async def play() -> dict[str, Any]:
+        client = SimulatorClient(sim_url)
+        account_sid = account or await client.default_account()
+        send = client.console_sms if command == "console" else client.inbound_sms
+        return await send(account_sid, wait=True, **fields)
+
     try:
-        with SimulatorClient(sim_url) as client:
-            account_sid = account or client.default_account()
-            send = client.console_sms if command == "console" else client.inbound_sms
-            result = send(account_sid, wait=True, **fields)
+        result = asyncio.run(play())
     except SimulatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -111,8 +114,7 @@ def inbound_sms(
 def accounts(sim_url: SimUrl = DEFAULT_URL) -> None:
     """List the simulator's accounts (with tokens, numbers and sinks)."""
     try:
-        with SimulatorClient(sim_url) as client:
-            result = client.accounts()
+        result = asyncio.run(SimulatorClient(sim_url).accounts())
     except SimulatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -32,7 +32,8 @@ from loquent.orgs.crypto import SecretBox
 from loquent.orgs.models import Organization
 from loquent.realtime.models import EventLogEntry
 from loquent.realtime.notifier import Notifier
-from loquent.simulator.server import ServerThread, simulator_thread
+from loquent.servers import ServerThread
+from loquent.simulator.server import simulator_thread
 
 POSTGRES_URL_ENV = "LOQUENT_TEST_POSTGRES_URL"
 LINE = "+15550001000"  # the organization's own number

@@ -24,7 +24,7 @@ from loquent.config import Settings
 from loquent.db import Database
 from loquent.jobs.worker import Worker
 from loquent.messaging.models import Message
-from tests.support.servers import free_port
+from loquent.servers import free_port
 
 from .conftest import SimControl, Store, Tenant
 

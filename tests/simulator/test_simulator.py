@@ -18,9 +18,9 @@ import pytest_asyncio
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 from typer.testing import CliRunner
 
+from loquent.servers import ServerThread
 from loquent.simulator import SimulatorConfig, create_simulator_app
 from loquent.simulator.cli import simulate_app
-from loquent.simulator.server import ServerThread
 
 LINE = "+14155550100"
 CONTACT = "+14155550199"

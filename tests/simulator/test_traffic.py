@@ -10,7 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from loquent.simulator.server import ServerThread, simulator_thread
+from loquent.servers import ServerThread
+from loquent.simulator.server import simulator_thread
 
 LINES = ["+14155550100", "+14155550101"]
 
