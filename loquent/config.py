@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # The built-in key only lets a fresh checkout import and run its tests; `loquent serve` and
 # `loquent worker` refuse to start with it (anyone can read it here, and it would encrypt
 # customers' Twilio auth tokens).
-DEFAULT_SECRET_KEY = "dev-insecure-secret-key-change-me"
+DEFAULT_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - refused by serve/worker
 GENERATE_KEY_HINT = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 

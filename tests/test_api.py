@@ -109,4 +109,5 @@ async def test_health_metrics_and_openapi(stack: Stack) -> None:
         metrics = await http.get(f"{stack.url}/metrics")
         assert "loquent_twilio_events_total" in metrics.text
         spec = (await http.get(f"{stack.url}/openapi.json")).json()
-        assert "/twilio/events" in spec["paths"] and "/api/contacts" in spec["paths"]
+        assert "/twilio/events" in spec["paths"]
+        assert "/api/contacts" in spec["paths"]

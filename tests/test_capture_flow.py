@@ -123,7 +123,8 @@ async def test_fifty_concurrent_events_make_one_row_one_new_event_one_fetch(
         shuffle=True,
     )
     codes = [d["status_code"] for d in result["deliveries"]]
-    assert len(codes) == 50 and set(codes) == {200}
+    assert len(codes) == 50
+    assert set(codes) == {200}
     row = await settled(stack, sid)
     assert (row.status, row.body) == ("delivered", "raced")
     assert await stack.count(Message) == 1
@@ -235,7 +236,8 @@ async def test_401_pauses_the_org_until_it_reconnects(flow: tuple[Stack, Sim]) -
     fetches_while_paused = len(await sim.fetches(sid))
     await asyncio.sleep(1.5)
     row = await message(stack, sid)
-    assert row is not None and row.body_state == "pending"
+    assert row is not None
+    assert row.body_state == "pending"
     assert len(await sim.fetches(sid)) == fetches_while_paused  # paused: no more calls
 
     async with stack.db.session() as session:  # the owner reconnects with the new token

@@ -102,7 +102,8 @@ async def test_messages_sent_while_the_app_was_down_arrive_once_at_start(
             [finished] = [
                 e for e in await stack.rows(EventLogEntry) if e.type == "twilio.catchup.finished"
             ]
-            assert finished.payload["imported"] == 50 and finished.payload["kind"] == "catchup"
+            assert finished.payload["imported"] == 50
+            assert finished.payload["kind"] == "catchup"
             [run] = await stack.rows(MessageImport)
             assert run.state == "finished"
             # It started an hour before the newest known message, on that day's listing.
@@ -155,7 +156,8 @@ async def test_one_catchup_per_org_at_a_time_across_processes(database_url: str)
                 again = await claim_runs(session, now=later, lease_seconds=60, limit=5)
                 await session.commit()
             taken = next(c for c in claims if c)[0]
-            assert len(again) == 1 and again[0].token == taken.token + 1
+            assert len(again) == 1
+            assert again[0].token == taken.token + 1
         finally:
             await first.dispose()
             await second.dispose()

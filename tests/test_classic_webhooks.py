@@ -140,7 +140,8 @@ async def test_an_inbound_text_is_stored_and_answered_with_empty_twiml(stack: St
     assert contact.source == "inbound_sms"
     # Twilio's redelivery of the same webhook changes nothing
     again = await post_form(stack, "/twilio/sms", params)
-    assert again.status_code == 200 and await stack.count(Message) == 1
+    assert again.status_code == 200
+    assert await stack.count(Message) == 1
 
 
 async def test_an_inbound_text_to_a_new_number_registers_the_line(stack: Stack) -> None:

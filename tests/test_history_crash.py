@@ -118,7 +118,8 @@ async def test_killed_mid_import_resumes_after_restart_with_the_same_counts(
             await asyncio.sleep(0.05)
         await asyncio.to_thread(app.kill)
         at_kill = await _run_row(database_url)
-        assert at_kill["state"] == "running" and 5 <= at_kill["pages"] < 20
+        assert at_kill["state"] == "running"
+        assert 5 <= at_kill["pages"] < 20
         # What the database holds matches the cursor: every committed page, nothing more.
         [[messages]] = await _query(database_url, "SELECT count(*) FROM message")
         assert messages == at_kill["imported"] == at_kill["pages"] * 1000

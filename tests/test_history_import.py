@@ -146,7 +146,8 @@ async def test_import_of_20000_messages_over_20_pages(
     with capsys.disabled():
         print(f"\n[import rate] {stack.db.dialect}: 20000 in {elapsed:.1f}s = {rate:.0f}/s")
 
-    assert done["state"] == "finished" and done["error"] is None
+    assert done["state"] == "finished"
+    assert done["error"] is None
     assert (done["imported"], done["skipped"], done["pages"]) == (19_999, 1, 20)
     assert first["event"] == "twilio.import.progress"
     assert first["json"]["payload"]["id"] == run["id"]
@@ -219,7 +220,8 @@ async def test_since_filters_by_instant_and_mms_waits_for_its_media(
     rows = await stack.rows(Message)
     assert min(m.created_at for m in rows) >= since
     mms = [m for m in rows if m.num_media]
-    assert len(mms) == 2 and all(m.body for m in mms)
+    assert len(mms) == 2
+    assert all(m.body for m in mms)
     # The media list is fetched by the enrichment worker, as for any captured MMS.
     await eventually(
         lambda: stack.count(Message, Message.num_media > 0, Message.body_state == "ready")
@@ -253,10 +255,12 @@ async def test_5xx_that_outlasts_the_retries_fails_with_the_cursor_kept_and_a_re
     run = await start_import(stack)
     failed = await until_done(stack, run["id"])
     assert failed["state"] == "failed"
-    assert "503" in failed["error"] and "resumes" in failed["error"]
+    assert "503" in failed["error"]
+    assert "resumes" in failed["error"]
     assert (failed["imported"], failed["pages"]) == (20, 2)
     [row] = await stack.rows(MessageImport, MessageImport.id == run["id"])
-    assert row.next_page_uri and "PageToken" in row.next_page_uri
+    assert row.next_page_uri
+    assert "PageToken" in row.next_page_uri
     faults = await sim.call("GET", "/faults")
     assert faults[0]["hits"] == stack.settings.import_max_attempts  # bounded
 
@@ -282,7 +286,8 @@ async def test_401_fails_the_import_and_flags_the_organization(flow: tuple[Stack
     run = await start_import(stack)
     failed = await until_done(stack, run["id"])
     assert failed["state"] == "failed"
-    assert "refused the credentials" in failed["error"] and "HTTP 401" in failed["error"]
+    assert "refused the credentials" in failed["error"]
+    assert "HTTP 401" in failed["error"]
     [org] = await stack.rows(Organization, Organization.id == stack.org.id)
     assert org.twilio_credentials_valid is False
     assert await stack.count(Message) == 0
@@ -301,7 +306,8 @@ async def test_one_import_per_org_at_a_time(flow: tuple[Stack, Sim]) -> None:
     await sim.add_fault(path_regex=r"/Messages\.json$", method="GET", delay_ms=300)
     first = await start_import(stack)
     second = await start_import(stack, {"since": "2020-01-01"}, expect=200)
-    assert second["id"] == first["id"] and second["state"] == "running"
+    assert second["id"] == first["id"]
+    assert second["state"] == "running"
     done = await until_done(stack, first["id"])
     assert done["imported"] == 20
     assert await stack.count(MessageImport) == 1

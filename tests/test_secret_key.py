@@ -56,7 +56,8 @@ def test_the_demo_makes_its_key_once_and_reuses_it(tmp_path: Path) -> None:
     data_dir = tmp_path / ".demo"
     first = demo.demo_secret_key(data_dir)
     key_file = data_dir / demo.SECRET_KEY_FILE
-    assert len(first) >= 32 and first != DEFAULT_SECRET_KEY
+    assert len(first) >= 32
+    assert first != DEFAULT_SECRET_KEY
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert demo.demo_secret_key(data_dir) == first  # the next run reads the same key
 

@@ -93,7 +93,8 @@ async def test_a_reply_is_sent_stored_published_and_delivered(flow: tuple[Stack,
         assert response.status_code == 201, response.text
         sent = response.json()
         assert sent["source"] == "loquent"
-        assert sent["external_id"].startswith("SM") and len(sent["external_id"]) == 34
+        assert sent["external_id"].startswith("SM")
+        assert len(sent["external_id"]) == 34
         assert (sent["direction"], sent["from_address"], sent["to_address"]) == (
             "outbound",
             LINE,
@@ -255,7 +256,8 @@ async def test_a_from_number_twilio_does_not_know_is_21606(flow: tuple[Stack, Si
     assert response.status_code == 422
     code, message = error(response)
     assert code == "twilio_21606"
-    assert "+14155550155" in message and "not a valid message-capable" in message
+    assert "+14155550155" in message
+    assert "not a valid message-capable" in message
 
 
 async def test_rejected_credentials_flag_the_organization(flow: tuple[Stack, Sim]) -> None:
@@ -267,10 +269,12 @@ async def test_rejected_credentials_flag_the_organization(flow: tuple[Stack, Sim
     response = await post_send(stack, {"contact_id": contact_id, "body": "hello"})
     assert response.status_code == 502
     code, message = error(response)
-    assert code == "twilio_credentials_rejected" and "reconnect" in message
+    assert code == "twilio_credentials_rejected"
+    assert "reconnect" in message
     org = (await stack.rows(Organization, Organization.id == stack.org.id))[0]
     assert org.twilio_credentials_valid is False
-    assert org.twilio_credentials_error and "401" in org.twilio_credentials_error
+    assert org.twilio_credentials_error
+    assert "401" in org.twilio_credentials_error
     assert [r.status for r in await stack.rows(Message)] == ["failed"]
 
     calls = len(await creates(sim))
@@ -533,12 +537,14 @@ async def test_the_compose_box_says_why_it_cannot_send(stack: Stack) -> None:
 
     lineless = await stack.add_org("Lineless", [])
     page = await _conversation_page(stack, lineless, await add_contact(stack, CUSTOMER, lineless))
-    assert 'id="compose-disabled"' in page and "no phone line to send from" in page
+    assert 'id="compose-disabled"' in page
+    assert "no phone line to send from" in page
     assert '<select id="compose-line"' not in page
 
     async with stack.db.session() as session:
         await orgs.mark_credentials_invalid(session, stack.org.id, "HTTP 401")
         await session.commit()
     page = await _conversation_page(stack, stack.org, contact_id)
-    assert 'id="compose-disabled"' in page and "must reconnect" in page
+    assert 'id="compose-disabled"' in page
+    assert "must reconnect" in page
     assert "disabled></textarea>" in page

@@ -6,6 +6,7 @@ authenticating."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -92,10 +93,8 @@ class OpenStream:
     async def __aexit__(self, *exc: Any) -> None:
         assert self.task is not None
         self.task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
-        except (asyncio.CancelledError, Exception):
-            pass
 
     async def ends_within(self, seconds: float) -> float:
         assert self.task is not None
@@ -141,7 +140,8 @@ async def test_a_token_records_its_last_use_at_most_once_a_minute(stack: Stack) 
     before = utcnow()
     assert (await stack.get("/api/contacts")).status_code == 200
     first = (await token_row(stack, stack.org.api_token)).last_used_at
-    assert first is not None and first >= before - timedelta(seconds=1)
+    assert first is not None
+    assert first >= before - timedelta(seconds=1)
 
     for _ in range(5):  # within the minute: not written again
         assert (await stack.get("/api/contacts")).status_code == 200
@@ -157,7 +157,8 @@ async def test_a_token_records_its_last_use_at_most_once_a_minute(stack: Stack) 
         await session.commit()
     assert (await stack.get("/api/contacts")).status_code == 200
     latest = (await token_row(stack, stack.org.api_token)).last_used_at
-    assert latest is not None and latest > long_ago + timedelta(minutes=1)
+    assert latest is not None
+    assert latest > long_ago + timedelta(minutes=1)
 
 
 async def test_racing_requests_write_the_last_use_once(stack: Stack) -> None:
@@ -189,7 +190,8 @@ async def test_token_list_and_revoke_from_the_command_line(stack: Stack) -> None
     assert set(listed[0]) == {
         "id", "name", "organization_id", "email", "created_at", "last_used_at", "revoked_at",
     }  # fmt: skip
-    assert listed[0]["last_used_at"] is not None and listed[-1]["last_used_at"] is None
+    assert listed[0]["last_used_at"] is not None
+    assert listed[-1]["last_used_at"] is None
     assert all(t["revoked_at"] is None for t in listed)
     for secret in (script_token, token_digest(script_token), stack.org.api_token):
         assert secret not in out
@@ -202,7 +204,8 @@ async def test_token_list_and_revoke_from_the_command_line(stack: Stack) -> None
         code, out, err = await loquent_cli(db_url, "token", "revoke", str(ours), "--json")
         assert code == 0, err
         revoked = json.loads(out)
-        assert revoked["id"] == ours and revoked["revoked_at"] is not None
+        assert revoked["id"] == ours
+        assert revoked["revoked_at"] is not None
         assert script_token not in out
 
         refused = await http.get("/api/contacts", headers=headers)
@@ -211,7 +214,8 @@ async def test_token_list_and_revoke_from_the_command_line(stack: Stack) -> None
 
     # Revoking again keeps the first time; the other tokens are untouched.
     code, out, _ = await loquent_cli(db_url, "token", "revoke", str(ours), "--json")
-    assert code == 0 and json.loads(out)["revoked_at"] == revoked["revoked_at"]
+    assert code == 0
+    assert json.loads(out)["revoked_at"] == revoked["revoked_at"]
     assert (await stack.get("/api/contacts")).status_code == 200
     code, out, _ = await loquent_cli(db_url, *listing)
     assert [t["revoked_at"] is not None for t in json.loads(out)] == [False, True]
@@ -220,9 +224,11 @@ async def test_token_list_and_revoke_from_the_command_line(stack: Stack) -> None
 async def test_token_commands_refuse_unknown_ids(stack: Stack) -> None:
     db_url = stack.settings.database_url
     code, _, err = await loquent_cli(db_url, "token", "revoke", "999999")
-    assert code == 2 and "no API token 999999" in err
+    assert code == 2
+    assert "no API token 999999" in err
     code, _, err = await loquent_cli(db_url, "token", "list", "--org", "999999", "--json")
-    assert code == 2 and "no organization 999999" in err
+    assert code == 2
+    assert "no organization 999999" in err
     code, _, _ = await loquent_cli(db_url, "token", "revoke", "abc")
     assert code == 2
 

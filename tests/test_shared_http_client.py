@@ -75,7 +75,8 @@ async def test_a_cookie_set_for_one_org_is_never_sent_for_another(
     calls = await sim.call("GET", "/requests")
     second_calls = [c for c in calls if c["auth_user"] == second.account_sid]
     first_calls = [c for c in calls if c["auth_user"] == first.account_sid]
-    assert second_calls and first_calls
+    assert second_calls
+    assert first_calls
     assert all(c["cookies"] == [] for c in second_calls), second_calls
     assert all(c["cookies"] == [] for c in first_calls), first_calls
 

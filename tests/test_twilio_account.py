@@ -184,10 +184,12 @@ async def test_connect_checks_with_twilio_then_stores_the_token_encrypted(
 
     row = await org_row(app, tenant.org_id)
     assert row.twilio_account_sid == sid
-    assert row.twilio_auth_token and token not in row.twilio_auth_token
+    assert row.twilio_auth_token
+    assert token not in row.twilio_auth_token
     assert SecretBox(app.settings.secret_keys).decrypt(row.twilio_auth_token) == token
     [validation] = [r for r in sim.requests(f"/Accounts/{sid}.json") if r["status"] == 200]
-    assert validation["method"] == "GET" and validation["auth_user"] == sid
+    assert validation["method"] == "GET"
+    assert validation["auth_user"] == sid
 
     view = (await call(app, "GET", "/api/settings", tenant.owner)).json()
     assert view["twilio"]["connected"] is True
@@ -263,7 +265,8 @@ async def test_reconnecting_with_a_rotated_token_resumes_the_org(app: Stack, sim
     )
     assert response.status_code == 200
     row = await org_row(app, tenant.org_id)
-    assert row.twilio_credentials_valid is True and row.twilio_credentials_error is None
+    assert row.twilio_credentials_valid is True
+    assert row.twilio_credentials_error is None
     assert row.signature_failures == 0
     assert SecretBox(app.settings.secret_keys).decrypt(row.twilio_auth_token or "") == rotated
 
@@ -330,7 +333,8 @@ async def test_paused_enrichment_is_claimable_after_reconnecting(app: Stack, sim
         requeued = (
             await session.execute(select(Message).where(Message.external_id == failed_sid))
         ).scalar_one()
-    assert requeued.body_state == "pending" and requeued.body_error is None
+    assert requeued.body_state == "pending"
+    assert requeued.body_error is None
 
 
 # --- numbers --------------------------------------------------------------------------------
@@ -403,7 +407,8 @@ async def test_numbers_when_twilio_fails(app: Stack, sim: Sim) -> None:
 
     sim.fault(r"/IncomingPhoneNumbers\.json$", status=429, retry_after=3, count=1)
     limited = await call(app, "GET", "/api/twilio/numbers", tenant.owner)
-    assert limited.status_code == 503 and limited.headers["Retry-After"] == "3"
+    assert limited.status_code == 503
+    assert limited.headers["Retry-After"] == "3"
 
     sim.call("POST", f"/accounts/{sid}/rotate-token", json={})  # the stored token is now wrong
     rejected = await call(app, "GET", "/api/twilio/numbers", tenant.owner)
@@ -450,7 +455,8 @@ async def test_setting_up_the_sink_twice_leaves_one_sink_and_one_subscription(
     first = await call(app, "POST", "/api/twilio/setup-event-sink", tenant.owner)
     assert first.status_code == 200, first.text
     body = first.json()
-    assert body["reused"] is False and body["test_requested"] is True
+    assert body["reused"] is False
+    assert body["test_requested"] is True
     assert body["destination"] == f"{app.url}/twilio/events"
 
     second = await call(app, "POST", "/api/twilio/setup-event-sink", tenant.owner)
@@ -482,9 +488,11 @@ async def test_setting_up_the_sink_twice_leaves_one_sink_and_one_subscription(
     }
 
     row = await wait_verified(app, tenant.org_id)
-    assert row.sink_sid == body["sink_sid"] and row.sink_created_here is True
+    assert row.sink_sid == body["sink_sid"]
+    assert row.sink_created_here is True
     view = (await call(app, "GET", "/api/settings", tenant.member)).json()["event_sink"]
-    assert view["verified_at"] is not None and view["sms_events_active"] is True
+    assert view["verified_at"] is not None
+    assert view["sms_events_active"] is True
 
     removed = await call(app, "POST", "/api/twilio/remove-event-sink", tenant.owner)
     assert removed.status_code == 200
@@ -496,7 +504,9 @@ async def test_setting_up_the_sink_twice_leaves_one_sink_and_one_subscription(
         == []
     )
     row = await org_row(app, tenant.org_id)
-    assert row.sink_sid is None and row.subscription_sid is None and not row.sms_events_active
+    assert row.sink_sid is None
+    assert row.subscription_sid is None
+    assert not row.sms_events_active
 
 
 async def _all(sim: Sim, path: str, key: str, sid: str, token: str) -> list[dict[str, Any]]:
@@ -542,7 +552,8 @@ async def test_a_failed_subscription_removes_the_sink_just_created(app: Stack, s
 
     sim.fault(r"^/v1/Sinks$", method="GET", status=404, count=1)
     missing = await call(app, "POST", "/api/twilio/setup-event-sink", tenant.owner)
-    assert missing.status_code == 502 and missing.json()["error"]["code"] == "twilio_error"
+    assert missing.status_code == 502
+    assert missing.json()["error"]["code"] == "twilio_error"
     assert await snapshot(app, tenant.org_id) == before
 
 
@@ -562,10 +573,12 @@ async def test_disconnect_removes_the_credentials_and_what_we_created(app: Stack
     assert await _all(sim, "/Sinks", "sinks", sid, token) == []
 
     row = await org_row(app, tenant.org_id)
-    assert row.twilio_account_sid is None and row.twilio_auth_token is None
+    assert row.twilio_account_sid is None
+    assert row.twilio_auth_token is None
     assert row.sink_sid is None
     view = (await call(app, "GET", "/api/settings", tenant.owner)).json()
-    assert view["twilio"]["connected"] is False and view["twilio"]["account_sid_masked"] is None
+    assert view["twilio"]["connected"] is False
+    assert view["twilio"]["account_sid_masked"] is None
 
 
 # --- owners only ----------------------------------------------------------------------------
@@ -621,8 +634,10 @@ async def test_the_auth_token_never_reaches_the_logs(
         await call(app, "POST", "/api/twilio/setup-event-sink", tenant.owner)
     configure_logging(level="WARNING")  # as every other test leaves it: no DEBUG afterwards
     logs = "".join(capfd.readouterr())
-    assert "twilio.connect_refused" in logs and "twilio.connected" in logs  # logging was on
-    assert token not in logs and wrong_token not in logs
+    assert "twilio.connect_refused" in logs
+    assert "twilio.connected" in logs
+    assert token not in logs
+    assert wrong_token not in logs
 
 
 async def test_connecting_another_account_forgets_the_old_sink(app: Stack, sim: Sim) -> None:
@@ -642,4 +657,6 @@ async def test_connecting_another_account_forgets_the_old_sink(app: Stack, sim: 
     assert response.status_code == 200
     row = await org_row(app, tenant.org_id)
     assert row.twilio_account_sid == other_sid
-    assert row.sink_sid is None and row.subscription_sid is None and not row.sms_events_active
+    assert row.sink_sid is None
+    assert row.subscription_sid is None
+    assert not row.sms_events_active

@@ -98,7 +98,8 @@ async def test_external_outbound_uses_the_org_line_as_sender(stack: Stack) -> No
     )
     assert message.external_id == sid
     [phone] = await stack.rows(ContactPhone)
-    assert phone.number == CUSTOMER and phone.contact_id == message.contact_id
+    assert phone.number == CUSTOMER
+    assert phone.contact_id == message.contact_id
 
 
 async def test_external_inbound_when_the_recipient_is_an_org_line(stack: Stack) -> None:
@@ -231,7 +232,8 @@ async def test_forged_signature_is_refused_and_counted(stack: Stack) -> None:
     assert response.json()["error"]["code"] == "invalid_signature"
     await nothing_written(stack)
     [org] = await stack.rows(Organization)
-    assert org.signature_failures == 1 and org.last_signature_failure_at is not None
+    assert org.signature_failures == 1
+    assert org.last_signature_failure_at is not None
 
 
 async def test_missing_signature_is_refused(stack: Stack) -> None:

@@ -108,7 +108,8 @@ async def test_a_declared_length_over_the_cap_is_refused_before_reading(stack: S
     started = time.monotonic()
     answer, sent = _raw_post(stack.url, head, body_chunks=0, chunk=b"")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert sent == 0 and time.monotonic() - started < 5
+    assert sent == 0
+    assert time.monotonic() - started < 5
 
 
 async def test_a_delivery_just_under_the_cap_is_read_whole(stack: Stack) -> None:

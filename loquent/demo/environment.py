@@ -11,7 +11,7 @@ from loquent.demo.console import say
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.demo/loquent.db"
 DEMO_DATA_DIR = Path(".demo")
-SECRET_KEY_FILE = "secret.key"
+SECRET_KEY_FILE = "secret.key"  # noqa: S105 - a file name, not a secret
 
 
 def demo_secret_key(data_dir: Path) -> str:

@@ -116,6 +116,11 @@ class Worker:
         )
         self._loop_task = asyncio.create_task(self._run(), name="loquent-worker")
 
+    def _require_ctx(self) -> EnrichContext:
+        if self._ctx is None:
+            raise RuntimeError("the worker runs jobs only between start() and stop()")
+        return self._ctx
+
     async def stop(self, *, grace: float = 10.0) -> None:
         """Stop claiming, give running jobs ``grace`` seconds, then cancel the rest and hand
         their leases back so another worker can take them at once."""
@@ -289,8 +294,8 @@ class Worker:
         org_slots = self._org_slots_for(org)
         self._org_load[org] += 1
         try:
-            assert self._ctx is not None  # set by start()
-            outcomes = await enrich_by_listing(self._ctx, org, claims, call_slots=org_slots)
+            ctx = self._require_ctx()
+            outcomes = await enrich_by_listing(ctx, org, claims, call_slots=org_slots)
             for outcome in outcomes:
                 self.outcomes[str(outcome)] += 1
                 ENRICHMENT.labels(outcome=str(outcome)).inc()
@@ -336,8 +341,8 @@ class Worker:
         try:
             # Per-org first, so a job waiting for its org does not hold a global slot.
             async with org_slots, self._slots:
-                assert self._ctx is not None  # set by start()
-                outcome = await enrich_body(self._ctx, claim)
+                ctx = self._require_ctx()
+                outcome = await enrich_body(ctx, claim)
                 self.outcomes[str(outcome)] += 1
                 ENRICHMENT.labels(outcome=str(outcome)).inc()
         except asyncio.CancelledError:

@@ -44,7 +44,8 @@ async def list_messages(
     cursor = None
     if before:
         at, last_id = decode_keyset(before)
-        assert at is not None  # message cursors always carry a time
+        if at is None:  # message cursors always carry a time: this one was made elsewhere
+            raise ApiError(400, "invalid_cursor", "cursor is not valid")
         cursor = (at, last_id)
     org_id = principal.organization_id
     async with ctx.db.reader() as session:

@@ -16,7 +16,8 @@ from loquent.orgs.models import PhoneNumber
 
 def _column_length(column: ColumnElement[Any]) -> int:
     """The storage limit of a String column: the single source of the parsers' limits."""
-    assert isinstance(column.type, String) and column.type.length is not None
+    if not isinstance(column.type, String) or column.type.length is None:
+        raise TypeError(f"{column} is not a String column with a length")
     return column.type.length
 
 

@@ -506,7 +506,8 @@ async def _return_misclaimed(
     (sent from the Console meanwhile): that message is captured as the external message it
     is, and our row gets back its own SID (None when Twilio refused our text)."""
     other_sid, other_status = message.external_id, message.status
-    assert other_sid is not None
+    if other_sid is None:  # only a row claimed by another message's SID gets here
+        raise RuntimeError("a misclaimed send row without the claiming SID")
     log.warning("send.misclaimed", message_id=message.id, other_sid=other_sid, message_sid=sid)
     message.external_id = sid
     message.status = "queued"

@@ -57,7 +57,8 @@ async def principal_from_request(request: Request, ctx: AppContext) -> Principal
 
 async def _record_token_use(ctx: AppContext, principal: Principal) -> None:
     """At most once a minute per token (the stored time says when it was last written)."""
-    assert principal.credential_id is not None
+    if principal.credential_id is None:  # only token principals are recorded
+        return
     try:
         async with ctx.db.session() as session:
             await service.record_token_use(session, principal.credential_id)

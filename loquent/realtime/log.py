@@ -51,6 +51,7 @@ XACT_SLOTS = 1 << 16
 
 # The next id of this transaction's range; NULL (refused by the primary key) if the range
 # is exhausted, so a runaway transaction fails instead of borrowing another one's ids.
+# Only the constant XACT_SLOTS is formatted into the statement.
 _PG_APPEND = text(
     f"""
     INSERT INTO event_log (id, organization_id, type, payload, created_at)
@@ -62,7 +63,7 @@ _PG_APPEND = text(
             base) AS next
         FROM (SELECT pg_current_xact_id()::text::bigint * {XACT_SLOTS} AS base) AS xact
     ) AS mine
-    """
+    """  # noqa: S608
 ).bindparams(bindparam("payload", type_=JSON()), bindparam("created_at", type_=UtcDateTime()))
 
 # Ids below this are final for the statement's snapshot (see the module docstring).

@@ -190,7 +190,7 @@ class RedisNotifier(Notifier):
                 self._first_attempt.set()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), self._timeout)
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
             backoff = min(backoff * 2, self.MAX_BACKOFF_SECONDS)
 
 

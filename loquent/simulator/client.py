@@ -66,7 +66,8 @@ class SimulatorClient:
     # --- the simulator ---------------------------------------------------------------------
 
     async def healthz(self) -> dict[str, Any]:
-        return await self.call("GET", "/healthz")
+        answer: dict[str, Any] = await self.call("GET", "/healthz")
+        return answer
 
     async def reset(self) -> None:
         await self.call("POST", "/reset")

@@ -280,7 +280,7 @@ async def clear_send_rejections(account_sid: str, request: Request) -> None:
 
 
 @router.post("/accounts/{account_sid}/console-sms", status_code=201)
-async def console_sms(account_sid: str, payload: ConsoleSmsIn, request: Request) -> dict:
+async def console_sms(account_sid: str, payload: ConsoleSmsIn, request: Request) -> dict[str, Any]:
     """A message sent from the Twilio Console (or any other tool): the app did not send it."""
     sim = simulator(request)
     account = _account(sim, account_sid)
@@ -308,7 +308,7 @@ async def console_sms(account_sid: str, payload: ConsoleSmsIn, request: Request)
 
 
 @router.post("/accounts/{account_sid}/inbound-sms", status_code=201)
-async def inbound_sms(account_sid: str, payload: InboundSmsIn, request: Request) -> dict:
+async def inbound_sms(account_sid: str, payload: InboundSmsIn, request: Request) -> dict[str, Any]:
     """A text from a phone to one of the account's numbers."""
     sim = simulator(request)
     account = _account(sim, account_sid)
@@ -330,7 +330,9 @@ async def inbound_sms(account_sid: str, payload: InboundSmsIn, request: Request)
 
 
 @router.post("/accounts/{account_sid}/messages", status_code=201)
-async def seed_messages(account_sid: str, payload: SeedMessagesIn, request: Request) -> dict:
+async def seed_messages(
+    account_sid: str, payload: SeedMessagesIn, request: Request
+) -> dict[str, Any]:
     """Create message history without sending any events (for imports and paging)."""
     sim = simulator(request)
     account = _account(sim, account_sid)

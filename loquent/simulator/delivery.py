@@ -71,7 +71,10 @@ class Signer:
         return cls(key.secret, key.algorithm, key.key_sid)
 
     def signature(self, url: str, params: dict[str, str] | None = None) -> str:
-        return RequestValidator(self.secret).compute_signature(url, params or {}, self.algorithm)
+        signed: str = RequestValidator(self.secret).compute_signature(
+            url, params or {}, self.algorithm
+        )
+        return signed
 
     def headers(self) -> dict[str, str]:
         if self.key_sid is None:
@@ -255,7 +258,7 @@ class Deliverer:
 
         expanded = [event for event in events for _ in range(max(options.duplicate, 1))]
         if options.shuffle:
-            random.Random(options.seed).shuffle(expanded)
+            random.Random(options.seed).shuffle(expanded)  # noqa: S311 - a test shuffle
         groups = [expanded] if options.batch else [[event] for event in expanded]
 
         jobs: list[tuple[Sink, list[dict[str, Any]]]] = []

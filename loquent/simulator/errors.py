@@ -90,5 +90,6 @@ def for_status(status: int, path: str, headers: dict[str, str] | None = None) ->
 
 
 async def handle_twilio_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, TwilioError)
+    if not isinstance(exc, TwilioError):  # registered for TwilioError only
+        raise exc
     return exc.response()

@@ -43,7 +43,9 @@ def _required(form: FormData, name: str) -> str:
     return value
 
 
-def _meta(request: Request, key: str, filters: list[tuple[str, str]], page: Page[Any]) -> dict:
+def _meta(
+    request: Request, key: str, filters: list[tuple[str, str]], page: Page[Any]
+) -> dict[str, Any]:
     base = _base_url(request)
     links = page_links(request.url.path, filters, page, lambda item: item.sid)
 

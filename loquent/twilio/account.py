@@ -47,7 +47,7 @@ class Problem(StrEnum):
     """Why a lifecycle action failed; the API turns each into a status and an error code."""
 
     INVALID_ACCOUNT_SID = "invalid_account_sid"
-    INVALID_AUTH_TOKEN = "invalid_auth_token"
+    INVALID_AUTH_TOKEN = "invalid_auth_token"  # noqa: S105 - an error code
     REJECTED_CREDENTIALS = "twilio_rejected_credentials"
     ACCOUNT_INACTIVE = "twilio_account_inactive"
     ACCOUNT_IN_USE = "twilio_account_in_use"

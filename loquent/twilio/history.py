@@ -287,9 +287,15 @@ class Listed:
 def parse_listed(item: dict[str, Any]) -> Listed | None:
     """None for an entry the inbox cannot store (no SID, no addresses)."""
     sid, sender, recipient = item.get("sid"), item.get("from"), item.get("to")
-    if not all(isinstance(v, str) and v.strip() for v in (sid, sender, recipient)):
+    if not (
+        isinstance(sid, str)
+        and isinstance(sender, str)
+        and isinstance(recipient, str)
+        and sid.strip()
+        and sender.strip()
+        and recipient.strip()
+    ):
         return None
-    assert isinstance(sid, str) and isinstance(sender, str) and isinstance(recipient, str)
     if len(sid) > 34:
         return None
     body = item.get("body")

@@ -50,7 +50,8 @@ _MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 # Messaging events name their account in `source`: /2010-04-01/Accounts/AC…/Messages/SM….json
 _SOURCE_ACCOUNT = re.compile(r"/\d{4}-\d{2}-\d{2}/Accounts/(AC[0-9a-fA-F]{32})(?:[/.].*)?", re.S)
 _DIGITS = re.compile(r"[0-9]{1,4}")
-assert MESSAGE_SID_MAX >= 34, "message SIDs are 34 characters"
+if MESSAGE_SID_MAX < 34:  # the column must hold Twilio's 34-character SIDs
+    raise RuntimeError("message.external_id is shorter than a Twilio SID")
 
 
 class PayloadError(ValueError):
@@ -330,7 +331,7 @@ def _address(value: Any, where: str, limit: int) -> str:
         raise PayloadError(f"{where} contains characters an address cannot have")
     if len(value) > 200 or len(normalize_address(value)) > limit:
         raise PayloadError(f"{where} is longer than {limit} characters")
-    return value
+    return str(value)
 
 
 def _error_code(value: Any, where: str) -> str | None:

@@ -168,7 +168,8 @@ async def record_message(
                 raise
         return str(outcome)
 
-    return await write(once)
+    recorded: str = await write(once)
+    return recorded
 
 
 async def write(work: Callable[[], Any]) -> Any:

@@ -108,7 +108,9 @@ def test_login_sets_a_safe_cookie_and_logout_ends_the_session(stack) -> None:
         assert response.status_code == 303
         assert response.headers["location"] == "/settings"
         cookie = response.headers["set-cookie"].lower()
-        assert "loquent_session=" in cookie and "httponly" in cookie and "samesite=lax" in cookie
+        assert "loquent_session=" in cookie
+        assert "httponly" in cookie
+        assert "samesite=lax" in cookie
 
         settings = client.get("/settings")
         assert settings.status_code == 200

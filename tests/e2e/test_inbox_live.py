@@ -193,7 +193,8 @@ async def test_another_organization_sees_none_of_it(
     await page.screenshot(path=artifacts / "second-organization.png")
 
     response = await page.goto(f"{stack.app_url}/messaging/{acme_contact}")
-    assert response is not None and response.status == 404
+    assert response is not None
+    assert response.status == 404
     await expect(page.locator("h1")).to_have_text("Conversation not found")
 
     api = page.context.request

@@ -205,7 +205,8 @@ async def test_a_text_sent_while_the_stream_is_down_is_replayed(
     # replay started after the last event the page had (nothing it saw came twice).
     assert len(traffic.feed_fetches) == fetched_before
     replayed = (await received_events(page))[len(seen) :]
-    assert replayed and replayed[0][0] == "messaging.message.new", replayed
+    assert replayed, replayed
+    assert replayed[0][0] == "messaging.message.new", replayed
     assert min(event_id for _, event_id in replayed) > max(event_id for _, event_id in seen)
     await still_the_same_page(page)
     no_script_errors(page)

@@ -55,7 +55,8 @@ async def test_mms_shows_thumbnails_and_downloads(
     image = thumb.locator("img")
     await expect(image).to_have_attribute("loading", "lazy")
     src = await image.get_attribute("src")
-    assert src is not None and MEDIA_URL.match(src), src
+    assert src is not None
+    assert MEDIA_URL.match(src), src
     await expect(thumb).to_have_attribute("href", src)
     assert await image_loaded(page, image)
 

@@ -138,6 +138,7 @@ async def test_owner_connects_imports_numbers_and_sets_up_the_sink(
     await expect(page.locator("#not-connected")).to_be_visible()
     assert stack.sim("GET", f"/accounts/{account['sid']}")["sinks"] == []
     org, _ = await org_state(stack, seeded["org_id"])
-    assert org.twilio_account_sid is None and org.twilio_auth_token is None
+    assert org.twilio_account_sid is None
+    assert org.twilio_auth_token is None
     no_script_errors(page)
     await page.context.close()

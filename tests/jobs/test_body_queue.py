@@ -52,7 +52,8 @@ async def test_claim_leases_due_rows_oldest_first_and_counts_the_attempt(
     assert claims == [Claim(first, tenant.org_id, 1)]
     message = await store.message(first)
     assert message.body_state == "pending"
-    assert message.body_locked_until is not None and message.body_locked_until > utcnow()
+    assert message.body_locked_until is not None
+    assert message.body_locked_until > utcnow()
     assert message.body_attempts == 1
 
     assert [c.message_id for c in await claim(db)] == [later]
@@ -146,12 +147,14 @@ async def test_next_due_at_sees_retries_and_lease_ends(
     await store.add_pending(tenant, due_in=30)
     async with db.reader() as session:
         due = await next_due_at(session)
-    assert due is not None and 29 < (due - utcnow()).total_seconds() <= 30
+    assert due is not None
+    assert 29 < (due - utcnow()).total_seconds() <= 30
 
     await store.add_pending(tenant, due_in=-1, locked_for=10)  # leased by someone
     async with db.reader() as session:
         due = await next_due_at(session)
-        assert due is not None and 9 < (due - utcnow()).total_seconds() <= 10
+        assert due is not None
+        assert 9 < (due - utcnow()).total_seconds() <= 10
         assert await count_pending(session, now=utcnow()) == 0
         assert await count_pending(session, now=utcnow(), due_only=False) == 2
 

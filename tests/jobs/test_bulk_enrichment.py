@@ -155,7 +155,8 @@ async def test_two_thousand_bodies_arrive_through_two_list_calls(
     assert single_gets(sim, tenant) == []
     # One message.status event per body, each carrying it.
     events = await status_events_per_message(db, tenant.org_id)
-    assert set(events) == set(ids) and set(events.values()) == {1}
+    assert set(events) == set(ids)
+    assert set(events.values()) == {1}
 
 
 @pytest.mark.asyncio
@@ -248,7 +249,8 @@ async def test_credentials_rejected_on_the_list_call_pause_the_organization(
     assert org.twilio_credentials_valid is False
     assert await body_states(db, tenant.org_id) == {"pending": 150}
     message = await store.message(ids[0])
-    assert message.body_attempts == 0 and message.body_locked_until is None
+    assert message.body_attempts == 0
+    assert message.body_locked_until is None
     assert message.body_pending_since is None  # the deadline restarts at the reconnect
     assert len(list_calls(sim, tenant)) == 1
     assert single_gets(sim, tenant) == []

@@ -57,7 +57,8 @@ async def test_body_is_fetched_stored_and_published(
     assert (message.body, message.body_state) == ("Hello from the console", "ready")
     assert message.status == "delivered"  # Twilio's answer moved the status forward
     assert message.created_at == sent_at  # Twilio's own time of the message
-    assert message.body_locked_until is None and message.body_next_attempt_at is None
+    assert message.body_locked_until is None
+    assert message.body_next_attempt_at is None
     (event,) = await store.events(tenant.org_id)
     assert event.type == EVT_MESSAGE_STATUS
     assert event.payload["id"] == message_id
@@ -188,7 +189,9 @@ async def test_server_errors_fail_only_past_the_deadline(
 
     message = await store.message(message_id)
     assert message.body_state == "failed"
-    assert message.body_error and "gave up" in message.body_error and "503" in message.body_error
+    assert message.body_error
+    assert "gave up" in message.body_error
+    assert "503" in message.body_error
     calls = sim.requests(f"{sid}.json")
     assert message.body_attempts == len(calls)
     span = datetime.fromisoformat(calls[-1]["at"]) - datetime.fromisoformat(calls[0]["at"])
@@ -240,7 +243,8 @@ async def test_not_found_after_an_outage_still_gets_its_retries(
     assert message.body_state == "failed"
     statuses = [r["status"] for r in sim.requests(sid)]
     assert statuses == [500] * 6 + [404] * settings.enrich_not_found_attempts
-    assert message.body_error and "404" in message.body_error
+    assert message.body_error
+    assert "404" in message.body_error
 
 
 @pytest.mark.asyncio
@@ -277,7 +281,8 @@ async def test_rejected_credentials_pause_the_org_until_it_reconnects(
 
     org = await store.org(tenant.org_id)
     assert org.twilio_credentials_valid is False
-    assert org.twilio_credentials_error and "401" in org.twilio_credentials_error
+    assert org.twilio_credentials_error
+    assert "401" in org.twilio_credentials_error
     message = await store.message(message_id)
     assert (message.body_state, message.body_attempts) == ("pending", 0)
     assert message.body_locked_until is None
@@ -490,7 +495,8 @@ async def test_task_pauses_an_org_whose_token_cannot_be_decrypted(
     assert await enrich_body(ctx, claim) == EnrichOutcome.PAUSED
     org = await store.org(tenant.org_id)
     assert org.twilio_credentials_valid is False
-    assert org.twilio_credentials_error and "decrypt" in org.twilio_credentials_error
+    assert org.twilio_credentials_error
+    assert "decrypt" in org.twilio_credentials_error
     message = await store.message(message_id)
     assert (message.body_state, message.body_attempts) == ("pending", 0)
     assert sim.requests("/Messages/") == []

@@ -92,7 +92,8 @@ async def test_error_classes(response: httpx.Response, error_class: type[TwilioE
     with pytest.raises(error_class) as caught:
         await client.fetch_message("SM1")
     assert caught.value.status == response.status_code
-    assert TOKEN not in str(caught.value) and TOKEN not in repr(caught.value)
+    assert TOKEN not in str(caught.value)
+    assert TOKEN not in repr(caught.value)
 
 
 @pytest.mark.asyncio
@@ -279,7 +280,8 @@ async def test_media_redirect_to_another_host_drops_the_credentials() -> None:
     media = await make_client(handler).fetch_media_content(
         f"/2010-04-01/Accounts/{SID}/Messages/MM1/Media/ME1.json"
     )
-    assert media.content_type == "image/png" and media.content == b"\x89PNG"
+    assert media.content_type == "image/png"
+    assert media.content == b"\x89PNG"
     assert seen == [("api.twilio.test", AUTH_HEADER), ("media.cdn.test", None)]
 
 
@@ -333,7 +335,8 @@ async def test_against_the_simulator(sim: SimControl) -> None:
     async with TwilioClient(sim.url, account["sid"], account["auth_token"], timeout=5) as client:
         assert (await client.fetch_account())["sid"] == account["sid"]
         message = await client.fetch_message(sid)
-        assert message["body"] == "hello" and message["num_media"] == "1"
+        assert message["body"] == "hello"
+        assert message["num_media"] == "1"
         (media,) = await client.list_media(sid)
         content = await client.fetch_media_content(media["uri"])
         assert content.content_type == "image/png"

@@ -105,7 +105,8 @@ async def test_two_workers_share_the_queue_without_double_fetching(
             await store.add_pending(tenant, sid)
 
     first, second = await make_worker(), await make_worker()
-    assert await first.drain(15) and await second.drain(15)
+    assert await first.drain(15)
+    assert await second.drain(15)
 
     fetched = [r["path"] for r in sim.requests("/Messages/SM")]
     assert sorted(fetched) == sorted(set(fetched))  # every message fetched exactly once

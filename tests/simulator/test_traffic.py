@@ -49,7 +49,8 @@ def test_traffic_creates_messages_without_webhooks_and_pages_like_twilio(
             "return_sids": True,
         },
     ).json()
-    assert made["created"] == 250 and len(made["sids"]) == 250
+    assert made["created"] == 250
+    assert len(made["sids"]) == 250
     assert http.get("/_sim/deliveries").json() == []  # nothing was delivered
 
     listed, pages, uri = [], 0, f"/2010-04-01/Accounts/{sid}/Messages.json?PageSize=100"
