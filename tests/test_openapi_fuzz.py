@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from loquent.orgs import service as orgs
+from loquent.orgs.auth import CSRF_HEADER, SESSION_COOKIE
 from tests.conftest import Stack, running_stack
 from tests.support.twilio import new_sid, status_event
 
@@ -33,6 +35,16 @@ async def _seed(stack: Stack) -> None:
         to="+14155550199",
     )
     assert (await stack.post_events([event])).status_code == 200
+
+
+async def _member_session(stack: Stack) -> tuple[str, str]:
+    """A browser session of a member (not an owner): its cookie value and CSRF token."""
+    async with stack.db.session() as session:
+        user = await orgs.get_or_create_user(session, "member@example.com")
+        await orgs.ensure_member(session, user, stack.org.id, "member")
+        raw, row = await orgs.create_session(session, user.id, stack.org.id, 3600)
+        await session.commit()
+    return raw, row.csrf_token
 
 
 def _run(
@@ -65,9 +77,21 @@ async def test_api_conforms_to_its_openapi_document(sqlite_url: str) -> None:
         pytest.skip("schemathesis is not installed")
     async with running_stack(sqlite_url, sse_max_stream_seconds=1.0) as stack:
         await _seed(stack)
-        result = await asyncio.to_thread(
+        cookie, csrf = await _member_session(stack)
+        # A script with an owner's API token: every operation, every phase.
+        scripted = await asyncio.to_thread(
             _run, stack, f"Authorization: Bearer {stack.org.api_token}"
         )
-    output = result.stdout + result.stderr[-2000:]
-    assert result.returncode == 0, output
-    assert "passed" in result.stdout, output
+        # A member's browser session with its CSRF token: fewer examples; owner-only
+        # operations must answer the documented 403.
+        browser = await asyncio.to_thread(
+            _run,
+            stack,
+            f"Cookie: {SESSION_COOKIE}={cookie}",
+            f"{CSRF_HEADER}: {csrf}",
+            extra=("--phases", "examples,fuzzing", "--max-examples", "4"),
+        )
+    for result in (scripted, browser):
+        output = result.stdout[-8000:] + result.stderr[-2000:]
+        assert result.returncode == 0, output
+        assert "passed" in result.stdout, output

@@ -85,11 +85,14 @@ class SendIn(BaseModel):
     phone_number_id: int | None = Field(
         None, ge=1, le=MAX_ID, description="default: the line of the contact's latest message"
     )
+    # The limits are documented here and checked in ``send`` (422 empty_body, body_too_long).
     body: str = Field(
-        min_length=1,
-        max_length=send.MAX_BODY_CHARS,
-        pattern=NOT_BLANK,
         description=f"1 to {send.MAX_BODY_CHARS} characters, not only whitespace",
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": send.MAX_BODY_CHARS,
+            "pattern": NOT_BLANK,
+        },
     )
 
 
@@ -131,11 +134,9 @@ async def send_message(
         str | None,
         Header(
             alias="Idempotency-Key",
-            min_length=1,
-            max_length=send.MAX_IDEMPOTENCY_KEY_CHARS,
-            pattern=r"^[\x20-\x7e]+$",
             description="a retry with the same key returns the first answer instead of "
-            "sending again",
+            "sending again (checked in ``send``: 422 invalid_idempotency_key)",
+            json_schema_extra={"pattern": f"^[\\x20-\\x7e]{{1,{send.MAX_IDEMPOTENCY_KEY_CHARS}}}$"},
         ),
     ] = None,
 ) -> JSONResponse:

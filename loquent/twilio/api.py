@@ -46,11 +46,20 @@ def api_error(exc: LifecycleError) -> ApiError:
 
 
 class ConnectIn(BaseModel):
+    # Documented here, checked in ``account.check_shape`` (422 invalid_account_sid,
+    # invalid_auth_token); the length caps keep absurd input away from it.
     account_sid: str = Field(
-        pattern=account.ACCOUNT_SID.pattern, description="AC followed by 32 hexadecimal digits"
+        max_length=64,
+        description="AC followed by 32 hexadecimal digits",
+        json_schema_extra={"pattern": account.ACCOUNT_SID.pattern},
     )
     auth_token: str = Field(
-        min_length=1, max_length=account.MAX_AUTH_TOKEN_CHARS, pattern=NO_SPACE_OR_CONTROL
+        max_length=256,
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": account.MAX_AUTH_TOKEN_CHARS,
+            "pattern": NO_SPACE_OR_CONTROL,
+        },
     )
 
 
