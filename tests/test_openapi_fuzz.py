@@ -89,7 +89,7 @@ async def test_api_conforms_to_its_openapi_document(sqlite_url: str) -> None:
             stack,
             f"Cookie: {SESSION_COOKIE}={cookie}",
             f"{CSRF_HEADER}: {csrf}",
-            extra=("--phases", "examples,fuzzing", "--max-examples", "4"),
+            extra=("--phases", "examples,fuzzing", "--max-examples", "3"),
         )
     for result in (scripted, browser):
         output = result.stdout[-8000:] + result.stderr[-2000:]
