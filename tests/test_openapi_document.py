@@ -223,9 +223,13 @@ async def test_runtime_errors_match_the_document(stack: Stack) -> None:
             ),
             "unauthenticated": await http.get("/api/contacts"),
             "cursor": await http.get("/api/contacts", params={"cursor": "AAAA"}, headers=bearer),
+            # Read as latin-1 this is "²", a digit to str.isdigit that int() refuses.
+            "last_event_id": await http.get(
+                "/api/events", headers={**bearer, "Last-Event-ID": b"\xb2"}
+            ),
         }
     for name, response in answers.items():
-        status = 401 if name == "unauthenticated" else 400 if name == "cursor" else 422
+        status = {"unauthenticated": 401, "cursor": 400, "last_event_id": 400}.get(name, 422)
         assert response.status_code == status, (name, response.text)
         assert response.headers["content-type"] == "application/json", name
         body = response.json()

@@ -117,8 +117,9 @@ async def events(
         str,
         Header(
             alias="Last-Event-ID",
-            pattern=r"^[ \t]*[0-9]{0,19}[ \t]*$",
-            description="set by a reconnecting EventSource; wins over `after`",
+            description="set by a reconnecting EventSource; wins over `after` (checked "
+            "below: 400 invalid_last_event_id)",
+            json_schema_extra={"pattern": r"^[ \t]*[0-9]{0,19}[ \t]*$"},
         ),
     ] = "",
 ) -> EventSourceResponse:
@@ -137,7 +138,7 @@ def _last_event_id(request: Request) -> int | None:
     raw = request.headers.get("last-event-id")
     if raw is None or raw.strip() == "":
         return None
-    if not raw.strip().isdigit() or len(raw) > 19:
+    if not (raw.strip().isascii() and raw.strip().isdigit()) or len(raw) > 19:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id")
     return int(raw)
 
