@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from loquent import __version__
 from loquent.config import Settings, get_settings
@@ -20,14 +21,25 @@ from loquent.messaging.api import router as messages_router
 from loquent.messaging.media_api import router as media_router
 from loquent.metrics import CONTENT_TYPE, PROCESS_STARTED, mark_process_dead, render
 from loquent.middleware import RequestContextMiddleware
+from loquent.openapi import operation_id
 from loquent.orgs.api import router as settings_router
-from loquent.readiness import readiness
+from loquent.readiness import Part, readiness
 from loquent.realtime.api import router as realtime_router
 from loquent.twilio.api import router as twilio_account_router
 from loquent.twilio.events_api import router as twilio_events_router
 from loquent.twilio.history_api import router as twilio_history_router
 from loquent.twilio.webhooks_api import router as twilio_webhooks_router
 from loquent.web.pages import install_web, storage_outage_page
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessOut(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"]
+    database: Part
+    redis: Part | None = Field(None, description="only when Redis is configured")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -71,11 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Multi-tenant SMS inbox for organizations that bring their own Twilio account.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.ctx = ctx
     install_error_handlers(app, outage_page=storage_outage_page)
-    app.include_router(twilio_events_router, tags=["twilio"])
-    app.include_router(twilio_webhooks_router, tags=["twilio"])
+    app.include_router(twilio_events_router, tags=["twilio webhooks"])
+    app.include_router(twilio_webhooks_router, tags=["twilio webhooks"])
     app.include_router(contacts_router)
     app.include_router(messages_router)
     app.include_router(media_router)
@@ -85,17 +98,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(twilio_history_router)
 
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> Any:
+    async def healthz() -> HealthOut:
         """Liveness: the process answers. Touches nothing else (see /readyz)."""
-        return {"status": "ok"}
+        return HealthOut(status="ok")
 
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> Any:
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        response_model=ReadinessOut,
+        responses={
+            # A probe's answer, not an error: load balancers read the status code, people
+            # the parts.
+            503: {"model": ReadinessOut, "description": "not ready: the parts say which"},
+        },
+    )
+    async def readyz() -> JSONResponse:
         """Readiness: the database answers (SQLite: a write could start), Redis if set."""
         ready, body = await readiness(ctx)
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text format, all worker processes",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+        },
+    )
     async def metrics() -> Response:
         return Response(render(), media_type=CONTENT_TYPE)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import httpx
-from fastapi import Request
+from fastapi import Depends, Request
 
 from loquent.config import Settings
 from loquent.db import Database
@@ -54,6 +55,11 @@ class AppContext:
         await self.db.dispose()
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
+    """The process's context. Async so FastAPI calls it on the event loop, not in a thread."""
     ctx: AppContext = request.app.state.ctx
     return ctx
+
+
+# What a route declares to get the context: ``ctx: Ctx``.
+Ctx = Annotated[AppContext, Depends(get_context)]

@@ -1,4 +1,10 @@
-"""The API's error shape: {"error": {"code": "...", "message": "..."}} with the right status."""
+"""The API's error shape: {"error": {"code": "...", "message": "..."}} with the right status.
+
+The same shape is what the OpenAPI document promises: ``ErrorResponse`` is the schema of
+every 4xx/5xx answer, including request validation (422), which FastAPI would otherwise
+document as its own ``{"detail": [...]}``. Routes list their real error answers with
+``error_responses``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +35,73 @@ class ApiError(Exception):
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
+
+
+class FieldProblem(BaseModel):
+    loc: list[str] = Field(description="where in the request: body, query, path, header …")
+    msg: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable: invalid_request, not_found …")
+    message: str = Field(description="for a person")
+    details: list[FieldProblem] | None = Field(
+        None, description="invalid_request only: every field that was refused"
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_SCHEMA_REF = "#/components/schemas/ErrorResponse"
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+_WWW_AUTHENTICATE = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+
+# What each status means when a route does not say more.
+DEFAULT_DESCRIPTIONS: dict[int, str] = {
+    400: "malformed request: a body that is not UTF-8 JSON, or a bad cursor",
+    401: "authentication required: a session or a bearer token",
+    403: "not allowed: an owner-only action, or a session request without its CSRF token",
+    404: "no such resource in this organization",
+    409: "conflicts with the current state",
+    413: "request body too large",
+    422: "invalid request: the fields that were refused are in error.details",
+    429: "too many requests: retry after Retry-After seconds",
+    502: "Twilio unreachable or failing",
+    503: "storage (or Twilio) unavailable: retry after Retry-After seconds",
+}
+
+
+def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error answers, each with the error schema.
+
+    ``error_responses(401, 422, e404="no such contact")``: positional statuses get the
+    default description, ``e<status>=`` keywords a route's own.
+    """
+    wanted = {status: DEFAULT_DESCRIPTIONS[status] for status in statuses}
+    wanted.update({int(key.removeprefix("e")): text for key, text in described.items()})
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, description in sorted(wanted.items()):
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": description}
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        elif status == 401:
+            entry["headers"] = _WWW_AUTHENTICATE
+        responses[status] = entry
+    return responses
+
+
+def as_json(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """The same error answers, named as JSON explicitly: for a route whose own answer is not
+    JSON (FastAPI would give a ``model`` the route's media type)."""
+    explicit: dict[int | str, dict[str, Any]] = {}
+    for status, entry in responses.items():
+        entry = dict(entry)
+        del entry["model"]
+        entry["content"] = {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}}
+        explicit[status] = entry
+    return explicit
 
 
 # Renders the page a browser gets when storage is unavailable. The web package provides it
@@ -56,9 +130,12 @@ def install_error_handlers(app: FastAPI, *, outage_page: OutagePage | None = Non
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
-            exc.status_code, "http_error"
-        )
+        code = {
+            400: "bad_request",
+            401: "unauthorized",
+            404: "not_found",
+            405: "method_not_allowed",
+        }.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(exc.detail)),
             status_code=exc.status_code,

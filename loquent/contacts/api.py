@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from loquent.contacts import service
 from loquent.contacts.schemas import ContactListItem, ContactPage
-from loquent.context import AppContext, get_context
+from loquent.context import Ctx
+from loquent.errors import error_responses
 from loquent.messaging import service as messaging
-from loquent.messaging.schemas import message_json
-from loquent.orgs.auth import require_principal
-from loquent.orgs.service import Principal
+from loquent.messaging.schemas import MessageOut
+from loquent.orgs.auth import CurrentPrincipal
 from loquent.pagination import decode_keyset, encode_keyset
 
 router = APIRouter(prefix="/api", tags=["contacts"])
 
 
-@router.get("/contacts", response_model=ContactPage)
+@router.get(
+    "/contacts",
+    responses=error_responses(
+        401, 503, e400="the cursor is not valid", e422="invalid limit or cursor"
+    ),
+)
 async def list_contacts(
-    limit: int = Query(50, ge=1, le=200),
-    cursor: str | None = Query(None, max_length=200),
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
+    principal: CurrentPrincipal,
+    ctx: Ctx,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> ContactPage:
+    """Contacts by latest activity (never contacted last), each with its latest message."""
     after = decode_keyset(cursor, allow_null_time=True) if cursor else None
     org_id = principal.organization_id
     async with ctx.db.reader() as session:
@@ -36,7 +44,11 @@ async def list_contacts(
             phone=number,
             source=contact.source,
             last_contacted_at=contact.last_contacted_at,
-            last_message=message_json(latest[contact.id]) if contact.id in latest else None,
+            last_message=(
+                MessageOut.model_validate(latest[contact.id], from_attributes=True)
+                if contact.id in latest
+                else None
+            ),
         )
         for contact, number in page
     ]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 from sqlalchemy import Boolean, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loquent.db import Base, UtcDateTime, utcnow
+
+
+class ContactSource(enum.StrEnum):
+    """How a contact came to exist (``contact.source``)."""
+
+    INBOUND_SMS = "inbound_sms"  # texted one of the organization's lines
+    EXTERNAL_SMS = "external_sms"  # in a message sent elsewhere (external capture, catch-up)
+    IMPORT = "import"  # history import
+    MANUAL = "manual"  # created by a person (the demo's seed)
 
 
 class Contact(Base):

@@ -5,19 +5,19 @@ enrichment queue (``service.requeue_failed_bodies``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from loquent.contacts import service as contacts
-from loquent.context import AppContext, get_context
-from loquent.errors import ApiError
+from loquent.context import Ctx
+from loquent.errors import ApiError, ErrorDetail, error_responses
 from loquent.messaging import send, service
-from loquent.messaging.schemas import MessageOut, message_json
-from loquent.orgs.auth import require_owner, require_principal
-from loquent.orgs.service import Principal
+from loquent.messaging.schemas import MessageOut
+from loquent.openapi import MAX_ID, NOT_BLANK
+from loquent.orgs.auth import CurrentPrincipal, OwnerPrincipal
 from loquent.pagination import decode_keyset, encode_keyset
 from loquent.realtime.log import commit
 
@@ -25,22 +25,28 @@ router = APIRouter(prefix="/api", tags=["messages"])
 
 
 class MessagePage(BaseModel):
-    items: list[MessageOut]
-    next_cursor: str | None
+    items: list[MessageOut] = Field(description="oldest first")
+    next_cursor: str | None = Field(description="pass as ?before= for older messages")
 
 
 class RequeuedOut(BaseModel):
     requeued: int
 
 
-@router.get("/contacts/{contact_id}/messages", response_model=MessagePage)
+@router.get(
+    "/contacts/{contact_id}/messages",
+    responses=error_responses(
+        401, 503, e400="the cursor is not valid", e404="no such contact", e422="invalid parameters"
+    ),
+)
 async def list_messages(
-    contact_id: int = Path(ge=1, le=2**62),
-    limit: int = Query(50, ge=1, le=200),
-    before: str | None = Query(None, max_length=200),
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
-) -> dict[str, Any]:
+    principal: CurrentPrincipal,
+    ctx: Ctx,
+    contact_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[str | None, Query(max_length=200)] = None,
+) -> MessagePage:
+    """One conversation, oldest to newest, paged backwards from the newest."""
     cursor = None
     if before:
         at, last_id = decode_keyset(before)
@@ -57,14 +63,14 @@ async def list_messages(
     more = len(rows) > limit
     page = rows[1:] if more else rows  # rows are oldest→newest; the extra one is the oldest
     next_cursor = encode_keyset(page[0].created_at, page[0].id) if more else None
-    return {"items": [message_json(m) for m in page], "next_cursor": next_cursor}
+    return MessagePage(
+        items=[MessageOut.model_validate(m, from_attributes=True) for m in page],
+        next_cursor=next_cursor,
+    )
 
 
-@router.post("/messages/bodies/retry", response_model=RequeuedOut)
-async def retry_failed_bodies(
-    principal: Principal = Depends(require_owner),
-    ctx: AppContext = Depends(get_context),
-) -> RequeuedOut:
+@router.post("/messages/bodies/retry", responses=error_responses(401, 403, 503))
+async def retry_failed_bodies(principal: OwnerPrincipal, ctx: Ctx) -> RequeuedOut:
     """Fetch every body that ended ``failed`` again, from a fresh start. Owner only: it
     spends the organization's Twilio API calls."""
     async with ctx.db.session() as session:
@@ -76,46 +82,64 @@ async def retry_failed_bodies(
 class SendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    contact_id: int = Field(ge=1, le=2**62)
+    contact_id: int = Field(ge=1, le=MAX_ID)
     phone_number_id: int | None = Field(
-        None, ge=1, le=2**62, description="default: the line of the contact's latest message"
+        None, ge=1, le=MAX_ID, description="default: the line of the contact's latest message"
     )
-    body: str = Field(description=f"1 to {send.MAX_BODY_CHARS} characters, not only whitespace")
+    # The limits are documented here and checked in ``send`` (422 empty_body, body_too_long).
+    body: str = Field(
+        description=f"1 to {send.MAX_BODY_CHARS} characters, not only whitespace",
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": send.MAX_BODY_CHARS,
+            "pattern": NOT_BLANK,
+        },
+    )
 
 
-class ErrorOut(BaseModel):
-    code: str
-    message: str
-    failed_message: MessageOut | None = None
+class SendErrorDetail(ErrorDetail):
+    failed_message: MessageOut | None = Field(
+        None, description="Twilio refused the text: the stored row, marked failed"
+    )
 
 
-class ErrorEnvelope(BaseModel):
-    error: ErrorOut
+class SendErrorResponse(BaseModel):
+    error: SendErrorDetail
 
 
-_SEND_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorEnvelope, "description": "no such contact or line in this organization"},
-    409: {"model": ErrorEnvelope, "description": "Twilio not connected, or a send in progress"},
-    422: {
-        "model": ErrorEnvelope,
+def _send_errors() -> dict[int | str, dict[str, Any]]:
+    responses = error_responses(
+        400,
+        401,
+        403,
+        e404="no such contact or line in this organization",
+        e409="Twilio not connected, or a send in progress",
+        e502="Twilio unreachable or credentials rejected",
+        e503="Twilio rate limited the account, or storage unavailable",
+    )
+    responses[422] = {
+        "model": SendErrorResponse,
         "description": "invalid request, or Twilio refused the text (code twilio_<code>, "
         "Twilio's message; failed_message is the stored row, marked failed)",
-    },
-    502: {"model": ErrorEnvelope, "description": "Twilio unreachable or credentials rejected"},
-    503: {"model": ErrorEnvelope, "description": "Twilio rate limited the account"},
-}
+    }
+    responses[200] = {"model": MessageOut, "description": "a retry's replayed answer"}
+    return responses
 
 
-@router.post("/messages/send", status_code=201, response_model=MessageOut, responses=_SEND_ERRORS)
+@router.post("/messages/send", status_code=201, response_model=MessageOut, responses=_send_errors())
 async def send_message(
     payload: SendIn,
-    idempotency_key: str | None = Header(
-        None,
-        alias="Idempotency-Key",
-        description="a retry with the same key returns the first answer instead of sending again",
-    ),
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
+    principal: CurrentPrincipal,
+    ctx: Ctx,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="a retry with the same key returns the first answer instead of "
+            "sending again (checked in ``send``: 422 invalid_idempotency_key)",
+            json_schema_extra={"pattern": f"^[\\x20-\\x7e]{{1,{send.MAX_IDEMPOTENCY_KEY_CHARS}}}$"},
+        ),
+    ] = None,
 ) -> JSONResponse:
     request = send.SendRequest(
         contact_id=payload.contact_id,

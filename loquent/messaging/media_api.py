@@ -8,17 +8,18 @@ They are streamed as they arrive from Twilio, never held whole in memory.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from loquent.context import AppContext, get_context
-from loquent.errors import ApiError
+from loquent.context import AppContext, Ctx
+from loquent.errors import ApiError, error_responses
 from loquent.messaging import media
-from loquent.orgs.auth import require_principal
-from loquent.orgs.service import Principal
+from loquent.openapi import MAX_ID
+from loquent.orgs.auth import CurrentPrincipal
 
 router = APIRouter(prefix="/api", tags=["messages"])
 
@@ -40,15 +41,20 @@ class MediaListOut(BaseModel):
     items: list[MediaItemOut]
 
 
-MessageId = Path(ge=1, le=2**62)
+MessageId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+# The relay answers with the file's own type: images, audio, video and plain text inline,
+# anything else as an attachment (application/octet-stream when Twilio gave none).
+_FILE = {"schema": {"type": "string", "format": "binary"}}
+MEDIA_CONTENT_TYPES = ("image/*", "audio/*", "video/*", "text/*", "application/*")
 
 
-@router.get("/messages/{message_id}/media", response_model=MediaListOut)
+@router.get(
+    "/messages/{message_id}/media",
+    responses=error_responses(401, 503, e404="no such message", e422="invalid message id"),
+)
 async def list_media(
-    request: Request,
-    message_id: int = MessageId,
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
+    request: Request, principal: CurrentPrincipal, ctx: Ctx, message_id: MessageId
 ) -> MediaListOut:
     async with ctx.db.reader() as session:
         try:
@@ -74,16 +80,27 @@ async def list_media(
     name="get_media_content",
     response_class=Response,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The file"},
-        429: {"description": "Too many media downloads in flight for this organization"},
+        200: {
+            "content": dict.fromkeys(MEDIA_CONTENT_TYPES, _FILE),
+            "description": "The file, streamed from Twilio",
+        },
+        **error_responses(
+            401,
+            e404="no such message or media",
+            e409="Twilio is not connected",
+            e422="invalid message id or media SID",
+            e429="too many media downloads in flight for this organization",
+            e502="Twilio unreachable, credentials rejected, or the file is too large",
+            e503="Twilio rate limited the account, or storage unavailable",
+        ),
     },
 )
 async def get_media_content(
     request: Request,
-    message_id: int = MessageId,
-    media_sid: str = Path(pattern=MEDIA_SID_PATTERN),
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
+    principal: CurrentPrincipal,
+    ctx: Ctx,
+    message_id: MessageId,
+    media_sid: Annotated[str, Path(pattern=MEDIA_SID_PATTERN)],
 ) -> Response:
     try:
         download = await media.open_media(

@@ -17,6 +17,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 from loquent.db import Base, UtcDateTime, utcnow
 
 
+class Direction(enum.StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class MessageSource(enum.StrEnum):
+    """Who put the row there (``message.source``; null for rows older than the column)."""
+
+    LOQUENT = "loquent"  # sent from, or received live by, this inbox
+    EXTERNAL = "external"  # captured from a status event for a message sent elsewhere
+    IMPORT = "import"  # history import
+
+
 class BodyState(enum.StrEnum):
     PENDING = "pending"  # to be fetched from Twilio (the job's state lives in body_*)
     READY = "ready"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, String
 
 from loquent.contacts.models import ContactPhone
-from loquent.messaging.models import Message
+from loquent.messaging.models import BodyState, Direction, Message, MessageSource
+from loquent.messaging.statuses import MessageStatus
 from loquent.orgs.models import PhoneNumber
 
 
@@ -57,20 +58,22 @@ def is_clean_identifier(value: str) -> bool:
 
 
 class MessageOut(BaseModel):
+    """A message as the API and the realtime events carry it."""
+
     id: int
     organization_id: int
     contact_id: int
-    phone_number_id: int | None
-    channel: str
-    direction: str
+    phone_number_id: int | None = Field(description="the organization's line it went through")
+    channel: Literal["sms"]
+    direction: Direction
     from_address: str
     to_address: str
-    body: str | None
-    body_state: str
-    status: str
+    body: str | None = Field(description="null until fetched from Twilio (see body_state)")
+    body_state: BodyState
+    status: MessageStatus
     error_code: str | None
-    source: str | None
-    external_id: str | None
+    source: MessageSource | None = Field(description="null for rows older than the column")
+    external_id: str | None = Field(description="Twilio's message SID (SM…/MM…)")
     num_media: int
     created_at: datetime
     updated_at: datetime

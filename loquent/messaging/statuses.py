@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-STATUSES = (
-    "accepted",
-    "scheduled",
-    "queued",
-    "sending",
-    "sent",
-    "delivered",
-    "undelivered",
-    "failed",
-    "receiving",
-    "received",
-    "read",
-    "canceled",
-    "partially_delivered",
-)
+import enum
+
+
+class MessageStatus(enum.StrEnum):
+    """A message's delivery status, as Twilio's REST API spells it."""
+
+    ACCEPTED = "accepted"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    RECEIVING = "receiving"
+    RECEIVED = "received"
+    READ = "read"
+    CANCELED = "canceled"
+    PARTIALLY_DELIVERED = "partially_delivered"
+
+
+STATUSES = tuple(status.value for status in MessageStatus)
 
 _RANK = {
     "accepted": 0,

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from loquent.context import AppContext, get_context
-from loquent.errors import ApiError
+from loquent.context import Ctx
+from loquent.errors import ApiError, error_responses
 from loquent.messaging import service as messaging
 from loquent.orgs import service
-from loquent.orgs.auth import require_principal
-from loquent.orgs.models import Organization
+from loquent.orgs.auth import CurrentPrincipal
+from loquent.orgs.models import Organization, Role
 from loquent.orgs.service import Principal
 
 router = APIRouter(prefix="/api", tags=["settings"])
@@ -74,7 +74,7 @@ class MessageBodiesOut(BaseModel):
 
 class SettingsOut(BaseModel):
     organization: OrganizationOut
-    role: str
+    role: Role
     twilio: TwilioConnectionOut
     phone_numbers: list[PhoneNumberOut]
     event_sink: EventSinkOut
@@ -136,11 +136,13 @@ async def build_settings(
     )
 
 
-@router.get("/settings", response_model=SettingsOut)
-async def get_settings_view(
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
-) -> SettingsOut:
+@router.get(
+    "/settings",
+    responses=error_responses(401, 503, e404="the organization no longer exists"),
+)
+async def get_settings_view(principal: CurrentPrincipal, ctx: Ctx) -> SettingsOut:
+    """The Twilio connection (masked account SID, never the token), lines, event sink and
+    webhook health of the caller's organization."""
     async with ctx.db.reader() as session:
         view = await build_settings(session, principal, ctx.settings.public_url)
     if view is None:

@@ -9,13 +9,16 @@ their own, so they need none.
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
-from loquent.context import AppContext, get_context
+from loquent.context import AppContext, Ctx
 from loquent.errors import ApiError
 from loquent.orgs import service
+from loquent.orgs.models import Role
 from loquent.orgs.service import Principal
 
 log = structlog.get_logger(__name__)
@@ -24,6 +27,18 @@ SESSION_COOKIE = "loquent_session"
 CSRF_HEADER = "x-csrf-token"
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 _MAX_CREDENTIAL_CHARS = 200  # ours are ~45; anything longer is not worth a database lookup
+
+# Declared for the OpenAPI document (either scheme is enough); the credentials themselves are
+# read from the request below, so a missing or malformed one is our 401, not FastAPI's.
+BEARER = HTTPBearer(
+    scheme_name="bearerToken", description="an API token (`loquent token create`)", auto_error=False
+)
+SESSION = APIKeyCookie(
+    name=SESSION_COOKIE,
+    scheme_name="sessionCookie",
+    description="a browser session from /login; state changes also need X-CSRF-Token",
+    auto_error=False,
+)
 
 
 def session_cookie(request: Request) -> str | None:
@@ -67,7 +82,12 @@ async def _record_token_use(ctx: AppContext, principal: Principal) -> None:
         log.warning("auth.token_use_not_recorded", token_id=principal.credential_id, error=str(exc))
 
 
-async def require_principal(request: Request, ctx: AppContext = Depends(get_context)) -> Principal:
+async def require_principal(
+    request: Request,
+    ctx: Ctx,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    _session: Annotated[str | None, Security(SESSION)],
+) -> Principal:
     principal = await principal_from_request(request, ctx)
     if principal is None:
         raise ApiError(
@@ -89,7 +109,15 @@ async def require_principal(request: Request, ctx: AppContext = Depends(get_cont
     return principal
 
 
-async def require_owner(principal: Principal = Depends(require_principal)) -> Principal:
-    if principal.role != "owner":
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
+
+async def require_owner(principal: CurrentPrincipal) -> Principal:
+    if principal.role != Role.OWNER:
         raise ApiError(403, "forbidden", "only an organization owner can do this")
     return principal
+
+
+# What a route declares to know who calls: ``principal: CurrentPrincipal`` (any member) or
+# ``principal: OwnerPrincipal`` (owners only).
+OwnerPrincipal = Annotated[Principal, Depends(require_owner)]

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loquent.db import Base, UtcDateTime, utcnow
+
+
+class Role(enum.StrEnum):
+    """A member's role in an organization (``member.role``)."""
+
+    OWNER = "owner"  # connects Twilio, imports numbers and history, retries bodies
+    MEMBER = "member"  # reads and answers conversations
 
 
 class Organization(Base):

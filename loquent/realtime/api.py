@@ -14,18 +14,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy import func, select
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from loquent.context import AppContext, get_context
-from loquent.errors import ApiError
+from loquent.context import AppContext, Ctx
+from loquent.errors import ApiError, error_responses
+from loquent.messaging.events import EVT_MESSAGE_NEW, EVT_MESSAGE_STATUS
 from loquent.metrics import SSE_STREAMS
-from loquent.orgs.auth import require_principal
+from loquent.openapi import MAX_ID
+from loquent.orgs.auth import CurrentPrincipal
 from loquent.orgs.service import Principal, credential_is_live
 from loquent.realtime import log as event_log
 from loquent.realtime.models import EventLogEntry
+from loquent.twilio.history_events import (
+    EVT_CATCHUP_FINISHED,
+    EVT_IMPORT_FINISHED,
+    EVT_IMPORT_PROGRESS,
+)
 
 router = APIRouter(prefix="/api", tags=["realtime"])
 
@@ -33,16 +41,83 @@ RESYNC = "resync"
 _RECONNECT_MS = 1000
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _frame(event: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """One kind of frame: its ``event:`` name and the JSON its ``data:`` line carries."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": event},
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "retry": {"type": "integer"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {
+                    "type": "object",
+                    "required": ["type", "payload"],
+                    "properties": {"type": {"const": event}, "payload": payload},
+                },
+            },
+        },
+    }
+
+
+# Each frame, as OpenAPI 3.2 describes Server-Sent Events (the schema is one event).
+EVENT_FRAME = {
+    "oneOf": [
+        _frame(EVT_MESSAGE_NEW, _ref("MessageOut")),
+        _frame(EVT_MESSAGE_STATUS, _ref("MessageOut")),
+        _frame(EVT_IMPORT_PROGRESS, _ref("ImportOut")),
+        _frame(EVT_IMPORT_FINISHED, _ref("ImportOut")),
+        _frame(EVT_CATCHUP_FINISHED, _ref("ImportOut")),
+        _frame(
+            RESYNC,
+            {
+                "type": "object",
+                "required": ["reason"],
+                "properties": {"reason": {"type": "string"}},
+            },
+        ),
+    ]
+}
+
+
 @router.get(
     "/events",
     summary="Server-Sent Events stream of this organization's events",
     response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "an endless stream of `id:`, `event:` and `data:` frames; `data` is "
+            '`{"type": <event name>, "payload": <message JSON, or import progress>}`',
+            "content": {"text/event-stream": {"schema": EVENT_FRAME}},
+        },
+        **error_responses(
+            401, 503, e400="Last-Event-ID is not an event id", e422="invalid `after`"
+        ),
+    },
 )
 async def events(
     request: Request,
-    after: int | None = Query(None, ge=0, le=2**62, description="resume after this event id"),
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
+    principal: CurrentPrincipal,
+    ctx: Ctx,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="resume after this event id")
+    ] = None,
+    last_event_id: Annotated[
+        str,
+        Header(
+            alias="Last-Event-ID",
+            description="set by a reconnecting EventSource; wins over `after` (checked "
+            "below: 400 invalid_last_event_id)",
+            json_schema_extra={"pattern": r"^[ \t]*[0-9]{0,19}[ \t]*$"},
+        ),
+    ] = "",
 ) -> EventSourceResponse:
     resume_from = _last_event_id(request)
     if resume_from is None:
@@ -59,7 +134,7 @@ def _last_event_id(request: Request) -> int | None:
     raw = request.headers.get("last-event-id")
     if raw is None or raw.strip() == "":
         return None
-    if not raw.strip().isdigit() or len(raw) > 19:
+    if not (raw.strip().isascii() and raw.strip().isdigit()) or len(raw) > 19:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id")
     return int(raw)
 

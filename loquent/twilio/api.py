@@ -8,16 +8,14 @@ the account at Twilio is for owners.
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from loquent.context import AppContext, get_context
-from loquent.errors import ApiError
+from loquent.context import Ctx
+from loquent.errors import ApiError, error_responses
+from loquent.openapi import NO_SPACE_OR_CONTROL
 from loquent.orgs.api import mask_account_sid
-from loquent.orgs.auth import require_owner, require_principal
-from loquent.orgs.service import Principal
+from loquent.orgs.auth import CurrentPrincipal, OwnerPrincipal
 from loquent.twilio import account, numbers, sink
 from loquent.twilio.account import LifecycleError, Problem
 
@@ -48,19 +46,37 @@ def api_error(exc: LifecycleError) -> ApiError:
 
 
 class ConnectIn(BaseModel):
-    account_sid: str = Field(max_length=64)
-    auth_token: str = Field(max_length=256)
+    # Documented here, checked in ``account.check_shape`` (422 invalid_account_sid,
+    # invalid_auth_token); the length caps keep absurd input away from it.
+    account_sid: str = Field(
+        max_length=64,
+        description="AC followed by 32 hexadecimal digits",
+        json_schema_extra={"pattern": account.ACCOUNT_SID.pattern},
+    )
+    auth_token: str = Field(
+        max_length=256,
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": account.MAX_AUTH_TOKEN_CHARS,
+            "pattern": NO_SPACE_OR_CONTROL,
+        },
+    )
 
 
 class ConnectOut(BaseModel):
-    account_sid: str  # masked
+    account_sid: str = Field(description="masked: AC••••1234")
     connected: bool
+
+
+class NotRemovedOut(BaseModel):
+    sid: str
+    reason: str
 
 
 class DisconnectOut(BaseModel):
     connected: bool
-    removed: list[str]
-    not_removed: list[dict[str, str]]
+    removed: list[str] = Field(description="SIDs of the sink and subscription deleted at Twilio")
+    not_removed: list[NotRemovedOut]
 
 
 class AccountNumberOut(BaseModel):
@@ -75,7 +91,11 @@ class NumbersOut(BaseModel):
 
 
 class SyncNumbersIn(BaseModel):
-    numbers: list[str] | None = Field(default=None, max_length=numbers.MAX_NUMBERS_PER_REQUEST)
+    numbers: list[str] | None = Field(
+        default=None,
+        max_length=numbers.MAX_NUMBERS_PER_REQUEST,
+        description="E.164 numbers of the account to import; omitted: all of them",
+    )
 
 
 class SyncNumbersOut(BaseModel):
@@ -96,21 +116,27 @@ class SinkRemovalOut(BaseModel):
     left_alone: list[str]
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {"description": "not an owner"},
-    409: {"description": "not connected, or the account is connected elsewhere"},
-    422: {"description": "invalid input, or Twilio rejected the credentials"},
-    502: {"description": "Twilio unreachable or failing"},
-    503: {"description": "Twilio rate-limited the request (Retry-After)"},
+# Everything here may call Twilio: unreachable or failing (502), rate limited (503).
+_TWILIO: dict[str, str] = {
+    "e502": "Twilio unreachable or failing",
+    "e503": "Twilio rate limited the request, or storage unavailable (Retry-After)",
 }
+_NOT_CONNECTED = "Twilio is not connected"
 
 
-@router.post("/connect", response_model=ConnectOut, responses=ERRORS)
-async def connect(
-    body: ConnectIn,
-    principal: Principal = Depends(require_owner),
-    ctx: AppContext = Depends(get_context),
-) -> ConnectOut:
+@router.post(
+    "/connect",
+    responses=error_responses(
+        400,
+        401,
+        403,
+        e409="the account is connected to another organization",
+        e422="malformed SID or token, or Twilio rejected the credentials",
+        **_TWILIO,
+    ),
+)
+async def connect(body: ConnectIn, principal: OwnerPrincipal, ctx: Ctx) -> ConnectOut:
+    """Check the credentials with Twilio, then store them (the token encrypted)."""
     try:
         result = await account.connect(
             ctx, principal.organization_id, body.account_sid, body.auth_token
@@ -120,18 +146,25 @@ async def connect(
     return ConnectOut(account_sid=mask_account_sid(result.account_sid) or "", connected=True)
 
 
-@router.post("/disconnect", response_model=DisconnectOut, responses=ERRORS)
-async def disconnect(
-    principal: Principal = Depends(require_owner), ctx: AppContext = Depends(get_context)
-) -> DisconnectOut:
+@router.post("/disconnect", responses=error_responses(401, 403, 503))
+async def disconnect(principal: OwnerPrincipal, ctx: Ctx) -> DisconnectOut:
+    """Forget the credentials and remove the event sink this organization created."""
     result = await account.disconnect(ctx, principal.organization_id)
-    return DisconnectOut(connected=False, removed=result.removed, not_removed=result.not_removed)
+    return DisconnectOut(
+        connected=False,
+        removed=result.removed,
+        not_removed=[NotRemovedOut(**entry) for entry in result.not_removed],
+    )
 
 
-@router.get("/numbers", response_model=NumbersOut, responses=ERRORS)
-async def list_numbers(
-    principal: Principal = Depends(require_principal), ctx: AppContext = Depends(get_context)
-) -> NumbersOut:
+@router.get(
+    "/numbers",
+    responses=error_responses(
+        401, e409=_NOT_CONNECTED, e422="Twilio rejected the stored credentials", **_TWILIO
+    ),
+)
+async def list_numbers(principal: CurrentPrincipal, ctx: Ctx) -> NumbersOut:
+    """The account's numbers at Twilio, each marked if it is already an organization line."""
     try:
         items = await numbers.list_numbers(ctx, principal.organization_id)
     except LifecycleError as exc:
@@ -149,12 +182,21 @@ async def list_numbers(
     )
 
 
-@router.post("/sync-numbers", response_model=SyncNumbersOut, responses=ERRORS)
+@router.post(
+    "/sync-numbers",
+    responses=error_responses(
+        400,
+        401,
+        403,
+        e409=_NOT_CONNECTED,
+        e422="not an E.164 number, not on the account, or credentials rejected",
+        **_TWILIO,
+    ),
+)
 async def sync_numbers(
-    body: SyncNumbersIn | None = None,
-    principal: Principal = Depends(require_owner),
-    ctx: AppContext = Depends(get_context),
+    principal: OwnerPrincipal, ctx: Ctx, body: SyncNumbersIn | None = None
 ) -> SyncNumbersOut:
+    """Import the account's numbers (all, or those given) as organization lines."""
     try:
         result = await numbers.sync_numbers(
             ctx, principal.organization_id, body.numbers if body else None
@@ -164,10 +206,14 @@ async def sync_numbers(
     return SyncNumbersOut(imported=result.imported, existing=result.existing)
 
 
-@router.post("/setup-event-sink", response_model=SinkSetupOut, responses=ERRORS)
-async def setup_event_sink(
-    principal: Principal = Depends(require_owner), ctx: AppContext = Depends(get_context)
-) -> SinkSetupOut:
+@router.post(
+    "/setup-event-sink",
+    responses=error_responses(
+        401, 403, e409=_NOT_CONNECTED, e422="Twilio rejected the stored credentials", **_TWILIO
+    ),
+)
+async def setup_event_sink(principal: OwnerPrincipal, ctx: Ctx) -> SinkSetupOut:
+    """Create (or reuse) the Event Streams sink and subscription; request the test event."""
     try:
         result = await sink.setup(ctx, principal.organization_id)
     except LifecycleError as exc:
@@ -181,10 +227,14 @@ async def setup_event_sink(
     )
 
 
-@router.post("/remove-event-sink", response_model=SinkRemovalOut, responses=ERRORS)
-async def remove_event_sink(
-    principal: Principal = Depends(require_owner), ctx: AppContext = Depends(get_context)
-) -> SinkRemovalOut:
+@router.post(
+    "/remove-event-sink",
+    responses=error_responses(
+        401, 403, e409=_NOT_CONNECTED, e422="Twilio rejected the stored credentials", **_TWILIO
+    ),
+)
+async def remove_event_sink(principal: OwnerPrincipal, ctx: Ctx) -> SinkRemovalOut:
+    """Delete at Twilio the sink and subscription this organization created."""
     try:
         result = await sink.remove(ctx, principal.organization_id)
     except LifecycleError as exc:

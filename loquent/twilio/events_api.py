@@ -12,14 +12,17 @@ written.
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 from sqlalchemy import update
 
-from loquent.context import AppContext, get_context
+from loquent.context import AppContext, Ctx
 from loquent.db import utcnow
+from loquent.errors import error_responses
+from loquent.messaging.schemas import BODY_MAX
 from loquent.metrics import EVENTS_RECEIVED, WEBHOOK_SECONDS
+from loquent.openapi import ACCOUNT_SID, ADDRESS, MESSAGE_SID, NOT_BLANK
 from loquent.orgs.models import Organization
 from loquent.twilio import payloads, signature, webhooks
 from loquent.twilio.payloads import CloudEvent, PayloadError
@@ -29,19 +32,75 @@ router = APIRouter()
 MAX_BODY_BYTES = webhooks.MAX_BODY_BYTES
 
 
+class DeliveryOut(BaseModel):
+    received: int = Field(description="events in the delivery")
+    results: list[str] = Field(
+        description="per event, in order: created, updated, unchanged, unmatched, ignored "
+        "or sink_verified"
+    )
+
+
+# The request body is read raw (the signature covers its exact bytes), so it is described
+# here rather than parsed by FastAPI.
+_CLOUD_EVENT = {
+    "type": "object",
+    "required": ["specversion", "type", "id", "source", "data"],
+    "properties": {
+        "specversion": {"type": "string", "enum": ["1.0"]},
+        "type": {
+            "type": "string",
+            "pattern": NOT_BLANK,
+            "description": "com.twilio.messaging.…; types the inbox does not handle are ignored",
+        },
+        "id": {"type": "string", "pattern": NOT_BLANK},
+        "source": {"type": "string", "description": "the resource the event is about"},
+        "time": {"type": "string", "format": "date-time"},
+        "data": {
+            "type": "object",
+            "required": ["accountSid"],
+            "properties": {
+                "accountSid": {"type": "string", "pattern": ACCOUNT_SID},
+                "messageSid": {"type": "string", "pattern": MESSAGE_SID},
+                "from": ADDRESS,
+                "to": ADDRESS,
+                "body": {"type": "string", "maxLength": BODY_MAX},
+            },
+        },
+    },
+}
+_DELIVERY_BODY = {
+    "required": True,
+    "description": "a JSON array of CloudEvents 1.0 (or one event), signed by Twilio",
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {
+                        "type": "array",
+                        "items": _CLOUD_EVENT,
+                        "minItems": 1,
+                        "maxItems": payloads.MAX_EVENTS,
+                    },
+                    _CLOUD_EVENT,
+                ]
+            }
+        }
+    },
+}
+
+
 @router.post(
     "/twilio/events",
     summary="Twilio Event Streams webhook sink",
-    responses={
-        400: {"description": "malformed delivery"},
-        403: {"description": "not signed by a connected account"},
-        413: {"description": "larger than 5 MiB"},
-        503: {"description": "storage unavailable, retry later"},
-    },
+    openapi_extra={"requestBody": _DELIVERY_BODY},
+    responses=error_responses(
+        e400="malformed delivery, or events of several accounts",
+        e403="not signed by a connected account",
+        e413="larger than 5 MiB",
+        e503="storage unavailable: Twilio retries (Retry-After)",
+    ),
 )
-async def receive_events(
-    request: Request, ctx: AppContext = Depends(get_context)
-) -> dict[str, Any]:
+async def receive_events(request: Request, ctx: Ctx) -> DeliveryOut:
     started = time.perf_counter()
     try:
         return await _receive(request, ctx)
@@ -49,7 +108,7 @@ async def receive_events(
         WEBHOOK_SECONDS.observe(time.perf_counter() - started)
 
 
-async def _receive(request: Request, ctx: AppContext) -> dict[str, Any]:
+async def _receive(request: Request, ctx: AppContext) -> DeliveryOut:
     raw = await webhooks.read_body(request, MAX_BODY_BYTES)
     try:
         raw_text = raw.decode("utf-8")
@@ -80,7 +139,7 @@ async def _receive(request: Request, ctx: AppContext) -> dict[str, Any]:
         ),
     )
     results = [await _record(ctx, org, event) for event in events]
-    return {"received": len(events), "results": results}
+    return DeliveryOut(received=len(events), results=results)
 
 
 async def _record(ctx: AppContext, org: Organization, event: CloudEvent) -> str:

@@ -9,23 +9,22 @@ itself runs in the job worker; progress arrives over SSE (``twilio.import.progre
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from loquent.context import AppContext, get_context
+from loquent.context import Ctx
 from loquent.db import utcnow
-from loquent.errors import ApiError
-from loquent.orgs.auth import require_owner, require_principal
-from loquent.orgs.service import Principal
+from loquent.errors import ApiError, error_responses
+from loquent.orgs.auth import CurrentPrincipal, OwnerPrincipal
 from loquent.realtime.log import commit, wake_after_commit
 from loquent.twilio import history
 from loquent.twilio.history import IMPORTS_TOPIC, NotConnected, import_json
-from loquent.twilio.import_models import ImportKind
+from loquent.twilio.import_models import ImportKind, ImportState
 
-router = APIRouter(prefix="/api/twilio", tags=["twilio"])
+router = APIRouter(prefix="/api/twilio", tags=["twilio history"])
 
 
 class SyncMessagesIn(BaseModel):
@@ -39,17 +38,20 @@ class SyncMessagesIn(BaseModel):
     )
 
 
+_INSTANT = "an ISO 8601 instant in UTC (…Z)"
+
+
 class ImportOut(BaseModel):
     id: int
-    kind: str
-    state: str
-    since: str | None
+    kind: ImportKind
+    state: ImportState
+    since: str | None = Field(description=_INSTANT)
     imported: int
     skipped: int
     pages: int
-    error: str | None
-    created_at: str | None
-    finished_at: str | None
+    error: str | None = Field(description="why a failed run stopped")
+    created_at: str | None = Field(description=_INSTANT)
+    finished_at: str | None = Field(description=_INSTANT)
 
 
 class ImportListOut(BaseModel):
@@ -80,13 +82,24 @@ def parse_since(raw: str | None) -> datetime | None:
     "/sync-messages",
     status_code=202,
     response_model=ImportOut,
-    responses={200: {"model": ImportOut, "description": "an import is already running"}},
+    responses={
+        200: {"model": ImportOut, "description": "an import is already running"},
+        **error_responses(
+            400,
+            401,
+            403,
+            503,
+            e409="Twilio is not connected",
+            e422="since is not a date or instant, is in the future, or before 2000",
+        ),
+    },
 )
 async def sync_messages(
-    payload: SyncMessagesIn | None = Body(None),
-    principal: Principal = Depends(require_owner),
-    ctx: AppContext = Depends(get_context),
-) -> Any:
+    principal: OwnerPrincipal,
+    ctx: Ctx,
+    payload: Annotated[SyncMessagesIn | None, Body()] = None,
+) -> JSONResponse:
+    """Start an import of the account's past messages (202), or get the one running (200)."""
     since = parse_since(payload.since if payload else None)
     if since is not None and since > utcnow():
         raise ApiError(422, "invalid_since", "since is in the future")
@@ -105,28 +118,33 @@ async def sync_messages(
     return JSONResponse(body, status_code=202 if started else 200)
 
 
-@router.get("/imports", response_model=ImportListOut)
+@router.get("/imports", responses=error_responses(401, 503, e422="invalid kind or limit"))
 async def list_imports(
-    kind: ImportKind | None = Query(None, description="history or catchup; omitted: both"),
-    limit: int = Query(10, ge=1, le=100),
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
-) -> Any:
+    principal: CurrentPrincipal,
+    ctx: Ctx,
+    kind: Annotated[
+        ImportKind | None, Query(description="history or catchup; omitted: both")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> ImportListOut:
+    """The newest imports and catch-ups first."""
     async with ctx.db.reader() as session:
         runs = await history.list_imports(
             session, principal.organization_id, kind=kind, limit=limit
         )
-    return {"items": [import_json(run) for run in runs]}
+    return ImportListOut(items=[ImportOut(**import_json(run)) for run in runs])
 
 
-@router.get("/imports/{import_id}", response_model=ImportOut)
+@router.get(
+    "/imports/{import_id}",
+    responses=error_responses(401, 503, e404="no such import", e422="invalid import id"),
+)
 async def get_import(
-    import_id: int = Path(ge=1, le=2**31 - 1),
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
-) -> Any:
+    principal: CurrentPrincipal, ctx: Ctx, import_id: Annotated[int, Path(ge=1, le=2**31 - 1)]
+) -> ImportOut:
+    """One import's progress."""
     async with ctx.db.reader() as session:
         run = await history.get_import(session, principal.organization_id, import_id)
     if run is None:
         raise ApiError(404, "not_found", "no such import")
-    return import_json(run)
+    return ImportOut(**import_json(run))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Request
 from fastapi.responses import RedirectResponse
 
-from loquent.context import AppContext, get_context
+from loquent.context import Ctx
 from loquent.orgs.auth import principal_from_request
 from loquent.orgs.service import Principal
 
@@ -69,7 +69,7 @@ def _requested_path(request: Request) -> str:
     return request.url.path + (f"?{query}" if query else "")
 
 
-async def page_principal(request: Request, ctx: AppContext = Depends(get_context)) -> Principal:
+async def page_principal(request: Request, ctx: Ctx) -> Principal:
     """The browser session behind a page request; bearer tokens are for the API, not pages."""
     principal = await principal_from_request(request, ctx)
     if principal is None or principal.via != "session":

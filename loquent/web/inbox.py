@@ -9,14 +9,14 @@ lost.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loquent.contacts import service as contacts
-from loquent.context import AppContext, get_context
+from loquent.context import Ctx
 from loquent.messaging import send as sends
 from loquent.orgs.api import build_settings
 from loquent.orgs.models import Organization, User
@@ -26,6 +26,7 @@ from loquent.web.guards import page_principal
 from loquent.web.templating import render
 
 router = APIRouter(include_in_schema=False)
+PagePrincipal = Annotated[Principal, Depends(page_principal)]
 
 _MAX_ID = 2**62
 
@@ -64,8 +65,8 @@ async def home() -> RedirectResponse:
 @router.get("/messaging")
 async def inbox(
     request: Request,
-    principal: Principal = Depends(page_principal),
-    ctx: AppContext = Depends(get_context),
+    principal: PagePrincipal,
+    ctx: Ctx,
 ) -> Response:
     async with ctx.db.reader() as session:
         frame = await _frame(session, principal)
@@ -81,8 +82,8 @@ async def inbox(
 async def conversation(
     request: Request,
     contact_id: str,
-    principal: Principal = Depends(page_principal),
-    ctx: AppContext = Depends(get_context),
+    principal: PagePrincipal,
+    ctx: Ctx,
 ) -> Response:
     # The id is parsed here rather than typed in the signature, so a bad id gets the
     # same HTML 404 page as another organization's contact instead of a JSON 422.
@@ -114,8 +115,8 @@ async def conversation(
 @router.get("/settings")
 async def settings_page(
     request: Request,
-    principal: Principal = Depends(page_principal),
-    ctx: AppContext = Depends(get_context),
+    principal: PagePrincipal,
+    ctx: Ctx,
 ) -> Response:
     async with ctx.db.reader() as session:
         frame = await _frame(session, principal)

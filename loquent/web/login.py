@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from loquent.context import AppContext, get_context
+from loquent.context import AppContext, Ctx
 from loquent.orgs import service
 from loquent.orgs.auth import SESSION_COOKIE, session_cookie, session_principal
 from loquent.web.guards import FormError, read_small_form, safe_next
@@ -66,7 +66,7 @@ def _login_page(
 
 
 @router.get("/login")
-async def login_form(request: Request, ctx: AppContext = Depends(get_context)) -> Response:
+async def login_form(request: Request, ctx: Ctx) -> Response:
     next_path = safe_next(request.query_params.get("next"))
     if await session_principal(request, ctx) is not None:
         return RedirectResponse(next_path, status_code=303)
@@ -74,7 +74,7 @@ async def login_form(request: Request, ctx: AppContext = Depends(get_context)) -
 
 
 @router.post("/login")
-async def login_submit(request: Request, ctx: AppContext = Depends(get_context)) -> Response:
+async def login_submit(request: Request, ctx: Ctx) -> Response:
     next_path = safe_next(request.query_params.get("next"))
     try:
         form = await read_small_form(request)
@@ -152,7 +152,7 @@ async def login_submit(request: Request, ctx: AppContext = Depends(get_context))
 
 
 @router.get("/logout")
-async def logout_confirm(request: Request, ctx: AppContext = Depends(get_context)) -> Response:
+async def logout_confirm(request: Request, ctx: Ctx) -> Response:
     """Someone typed /logout: ask, because signing out must be a POST carrying the token."""
     principal = await session_principal(request, ctx)
     if principal is None:
@@ -161,7 +161,7 @@ async def logout_confirm(request: Request, ctx: AppContext = Depends(get_context
 
 
 @router.post("/logout")
-async def logout(request: Request, ctx: AppContext = Depends(get_context)) -> Response:
+async def logout(request: Request, ctx: Ctx) -> Response:
     raw = session_cookie(request)
     principal = await session_principal(request, ctx)
     if principal is not None and raw is not None:
