@@ -53,7 +53,7 @@ async def test_a_reply_shows_at_once_then_moves_to_delivered(
         json={
             "method": "POST",
             "path_regex": f"/Accounts/{account}/Messages\\.json$",
-            "delay_ms": 1500,
+            "delay_ms": 4000,  # long enough to be seen on a busy machine
             "count": 1,
         },
     )
@@ -67,7 +67,7 @@ async def test_a_reply_shows_at_once_then_moves_to_delivered(
     await expect(box).to_have_value("")
 
     feed = page.locator("#feed [data-message-id]")
-    await expect(feed).to_have_count(2)
+    await expect(feed).to_have_count(2, timeout=20_000)
     await expect(pending).to_have_count(0)
     reply = feed.last
     await expect(reply).to_have_attribute("data-direction", "outbound")
