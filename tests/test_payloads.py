@@ -117,7 +117,7 @@ def test_what_parses_fits_the_columns(fields: dict, inbound: bool) -> None:
     """Whatever the parser accepts can be stored on PostgreSQL: within the column lengths,
     no NUL, no lone surrogate (it must encode as UTF-8)."""
     from loquent.messaging import schemas
-    from loquent.messaging.service import normalize_address
+    from loquent.messaging.capture import normalize_address
 
     event = _valid_event()
     if inbound:

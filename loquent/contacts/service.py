@@ -7,11 +7,10 @@ from typing import cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loquent.contacts.models import Contact, ContactPhone
-from loquent.db import is_unique_violation, utcnow
+from loquent.db import utcnow
 
 
 async def find_by_number(session: AsyncSession, org_id: int, number: str) -> Contact | None:
@@ -28,28 +27,18 @@ async def resolve_or_create(
 ) -> Contact:
     """The contact owning ``number`` (E.164), creating a stub contact if there is none.
 
-    Two transactions may race to create the same contact; the unique (organization_id,
-    number) on contact_phone lets exactly one win. The loser's savepoint is rolled back and
-    it reads the winner's row.
+    One get-or-create for one number or many: ``resolve_or_create_many`` (``INSERT … ON
+    CONFLICT DO NOTHING`` on the unique (organization_id, number), the loser reads the
+    winner's contact).
     """
     contact = await find_by_number(session, org_id, number)
     if contact is not None:
         return contact
-    try:
-        async with session.begin_nested():
-            contact = Contact(organization_id=org_id, source=source)
-            session.add(contact)
-            await session.flush()
-            session.add(ContactPhone(organization_id=org_id, contact_id=contact.id, number=number))
-            await session.flush()
-        return contact
-    except IntegrityError as exc:
-        if not is_unique_violation(exc):
-            raise
-    contact = await find_by_number(session, org_id, number)
-    if contact is None:  # the winner rolled back after all; very unlikely, safe to retry
-        return await resolve_or_create(session, org_id, number, source=source)
-    return contact
+    ids = await resolve_or_create_many(session, org_id, {number: source})
+    resolved = await session.get(Contact, ids[number])
+    if resolved is None:  # pragma: no cover - the id was just inserted or read
+        raise RuntimeError("a resolved contact is not visible")
+    return resolved
 
 
 async def touch_last_contacted(session: AsyncSession, contact_id: int, at: datetime) -> None:

@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from loquent.config import Settings
 from loquent.contacts import service as contacts
 from loquent.db import Database, is_unique_violation, utcnow
-from loquent.messaging import service
+from loquent.messaging import capture, service
 from loquent.messaging.events import EVT_MESSAGE_NEW, EVT_MESSAGE_STATUS
 from loquent.messaging.models import Message, MessageSend
 from loquent.messaging.schemas import StatusReport, message_json
@@ -452,7 +452,7 @@ async def _finish_created(
             send, message = await _locked(session, started)
             changed = False
             if message.external_id is None:
-                captured = await service.find_by_sid(session, org_id, sid, for_update=True)
+                captured = await capture.find_by_sid(session, org_id, sid, for_update=True)
                 if captured is not None:
                     await _absorb(session, message, captured)
                 message.external_id = sid
@@ -513,7 +513,7 @@ async def _return_misclaimed(
     message.status = "queued"
     message.error_code = None
     await session.flush()
-    await service.record_status_report(
+    await capture.record_status_report(
         session,
         org_id,
         StatusReport(

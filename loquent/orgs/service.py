@@ -13,10 +13,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from loquent.db import is_unique_violation, utcnow
+from loquent.db import utcnow
 from loquent.orgs.crypto import SecretBox, token_digest
 from loquent.orgs.models import ApiToken, Member, Organization, PhoneNumber, User, UserSession
 from loquent.orgs.passwords import hash_password, verify_password
@@ -198,23 +197,25 @@ async def add_phone_number(
     twilio_sid: str | None = None,
     friendly_name: str = "",
 ) -> PhoneNumber:
-    """Get or create the line; race-safe like contacts (unique (organization_id, number))."""
+    """Get or create the line, with the one get-or-create of the project: ``INSERT … ON
+    CONFLICT DO NOTHING`` on the unique (organization_id, number), then read whichever row
+    won (ours, or a concurrent transaction's, which PostgreSQL waits for)."""
     existing = await find_line(session, org_id, number)
     if existing is None:
-        try:
-            async with session.begin_nested():
-                line = PhoneNumber(
-                    organization_id=org_id,
-                    number=number,
-                    twilio_sid=twilio_sid,
-                    friendly_name=friendly_name,
-                )
-                session.add(line)
-                await session.flush()
-            return line
-        except IntegrityError as exc:
-            if not is_unique_violation(exc):
-                raise
+        insert = (
+            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        )
+        await session.execute(
+            insert(PhoneNumber)
+            .values(
+                organization_id=org_id,
+                number=number,
+                twilio_sid=twilio_sid,
+                friendly_name=friendly_name,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["organization_id", "number"])
+        )
         existing = await find_line(session, org_id, number)
         if existing is None:  # pragma: no cover - the winner's row is committed by now
             raise RuntimeError("unique conflict on phone_number without a visible winner")

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from loquent.messaging.capture import normalize_address
 from loquent.messaging.schemas import (
     ADDRESS_MAX,
     BODY_MAX,
@@ -31,7 +32,6 @@ from loquent.messaging.schemas import (
     clean_text,
     is_clean_identifier,
 )
-from loquent.messaging.service import normalize_address
 from loquent.messaging.statuses import STATUSES
 
 INBOUND_TYPE = "com.twilio.messaging.inbound-message.received"

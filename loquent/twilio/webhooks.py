@@ -20,7 +20,7 @@ from fastapi import Request
 from loquent.context import AppContext
 from loquent.db import is_storage_outage, retry_conflicts
 from loquent.errors import ApiError
-from loquent.messaging import service as messaging
+from loquent.messaging import capture
 from loquent.messaging.schemas import InboundText, StatusReport
 from loquent.metrics import WEBHOOK_REJECTED
 from loquent.orgs import service as orgs
@@ -135,7 +135,7 @@ async def record_message(
         async with ctx.db.session() as session:
             try:
                 if inbound:
-                    outcome = await messaging.record_inbound_text(
+                    outcome = await capture.record_inbound_text(
                         session,
                         org.id,
                         InboundText(
@@ -148,7 +148,7 @@ async def record_message(
                         ),
                     )
                 else:
-                    outcome = await messaging.record_status_report(
+                    outcome = await capture.record_status_report(
                         session,
                         org.id,
                         StatusReport(
