@@ -26,7 +26,7 @@ QUIET = {"sse_poll_seconds": 30.0}  # no poll ticks: every read below is a wake-
 
 
 def server_ctx(stack: Stack) -> AppContext:
-    ctx: AppContext = stack.server.server.config.app.state.ctx
+    ctx: AppContext = stack.server.app.state.ctx
     return ctx
 
 
