@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import stamina
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -76,6 +77,14 @@ def utcnow() -> datetime:
 
 class StorageUnavailable(Exception):
     """The database could not be reached or a lock timed out: retry later (HTTP 503)."""
+
+
+def dialect_insert(session: AsyncSession) -> Any:
+    """``insert`` of the session's dialect, the one that has ``on_conflict_do_nothing``:
+    the project's get-or-create is ``INSERT … ON CONFLICT DO NOTHING`` on both backends."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
 
 
 def is_unique_violation(exc: IntegrityError) -> bool:

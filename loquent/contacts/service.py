@@ -6,11 +6,10 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loquent.contacts.models import Contact, ContactPhone
-from loquent.db import utcnow
+from loquent.db import dialect_insert, utcnow
 
 
 async def find_by_number(session: AsyncSession, org_id: int, number: str) -> Contact | None:
@@ -139,11 +138,10 @@ async def resolve_or_create_many(
         )
     ).scalars()
     new_ids = dict(zip(missing, created, strict=True))
-    dialect_insert = postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
     won = set(
         (
             await session.execute(
-                dialect_insert(phone_table)
+                dialect_insert(session)(phone_table)
                 .on_conflict_do_nothing(index_elements=["organization_id", "number"])
                 .returning(phone_table.c.number),
                 [
@@ -200,10 +198,6 @@ async def _contact_ids_by_number(
         )
         found.update({number: contact_id for number, contact_id in rows.all()})
     return found
-
-
-def _dialect(session: AsyncSession) -> str:
-    return session.get_bind().dialect.name
 
 
 # Bound parameters per IN list: far below SQLite's and PostgreSQL's limits.

@@ -19,12 +19,11 @@ from datetime import datetime
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loquent.contacts import service as contacts
 from loquent.contacts.phones import try_normalize
-from loquent.db import utcnow
+from loquent.db import dialect_insert, utcnow
 from loquent.messaging import send as sends
 from loquent.messaging.events import EVT_MESSAGE_NEW, EVT_MESSAGE_STATUS
 from loquent.messaging.models import Message
@@ -207,8 +206,7 @@ async def _insert_once(session: AsyncSession, **values: object) -> Message | Non
     of the same SID waits for the other transaction and then does nothing, so exactly one
     wins without an exception or a rolled-back transaction.
     """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = dialect_insert(session)
     stmt = (
         insert(Message)
         .values(**values)

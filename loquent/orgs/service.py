@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from loquent.db import utcnow
+from loquent.db import dialect_insert, utcnow
 from loquent.orgs.crypto import SecretBox, token_digest
 from loquent.orgs.models import ApiToken, Member, Organization, PhoneNumber, User, UserSession
 from loquent.orgs.passwords import hash_password, verify_password
@@ -202,9 +201,7 @@ async def add_phone_number(
     won (ours, or a concurrent transaction's, which PostgreSQL waits for)."""
     existing = await find_line(session, org_id, number)
     if existing is None:
-        insert = (
-            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        )
+        insert = dialect_insert(session)
         await session.execute(
             insert(PhoneNumber)
             .values(
@@ -261,8 +258,7 @@ async def import_phone_numbers(
     await session.flush()
 
     missing = [by_number[number] for number in numbers if number not in existing]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = dialect_insert(session)
     imported = 0
     now = utcnow()
     for start in range(0, len(missing), _CHUNK):

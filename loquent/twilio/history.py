@@ -35,13 +35,12 @@ from typing import Any, cast
 import httpx
 import structlog
 from sqlalchemy import Table, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loquent.config import Settings
 from loquent.contacts import service as contacts
 from loquent.contacts.phones import try_normalize
-from loquent.db import Database, utcnow
+from loquent.db import Database, dialect_insert, utcnow
 from loquent.jobs.backoff import backoff_delay, retry_after_delay
 from loquent.messaging import service as messaging
 from loquent.messaging.models import Message
@@ -158,7 +157,7 @@ async def insert_run(
     (the partial unique index decides, across processes)."""
     now = utcnow()
     stmt = (
-        _dialect_insert(session)(MessageImport)
+        dialect_insert(session)(MessageImport)
         .values(
             organization_id=org_id,
             kind=str(kind),
@@ -427,7 +426,7 @@ async def record_page(
     table = cast(Table, Message.__table__)
     inserted = (
         await session.execute(
-            _dialect_insert(session)(table)
+            dialect_insert(session)(table)
             .on_conflict_do_nothing(index_elements=["organization_id", "external_id"])
             .returning(table.c.contact_id, table.c.created_at, table.c.body_state),
             list(rows.values()),
@@ -449,10 +448,6 @@ async def record_page(
 def _aware(value: datetime) -> datetime:
     # Core RETURNING through the table (not the ORM type) can hand SQLite's naive text back.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _dialect_insert(session: AsyncSession) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 # --- running a run ----------------------------------------------------------------------------
